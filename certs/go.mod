@@ -1,0 +1,3 @@
+module isthmus.dev/certs
+
+go 1.26.2

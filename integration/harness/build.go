@@ -1,0 +1,88 @@
+// Package harness starts real isthmus and upstream ANP processes on real
+// sockets for the integration tests and benchmarks, and cleans up after them.
+package harness
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"sync"
+	"time"
+)
+
+// Binaries are the programs the tests run.
+type Binaries struct {
+	ProxyServer, ProxyAgent string // isthmus
+	ANPServer, ANPAgent     string // upstream apiserver-network-proxy v0.36.0
+}
+
+var (
+	buildOnce sync.Once
+	built     Binaries
+	buildErr  error
+)
+
+// Build compiles the binaries once per test process into a temporary
+// directory (removed by Cleanup). With race, isthmus binaries are built with
+// the race detector, so a race in a daemon fails the test that saw it.
+func Build(race bool) (Binaries, error) {
+	buildOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "isthmus-bin-")
+		if err != nil {
+			buildErr = err
+			return
+		}
+		buildDir = dir
+		b := Binaries{
+			ProxyServer: filepath.Join(dir, "proxy-server"),
+			ProxyAgent:  filepath.Join(dir, "proxy-agent"),
+			ANPServer:   filepath.Join(dir, "anp-proxy-server"),
+			ANPAgent:    filepath.Join(dir, "anp-proxy-agent"),
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Minute)
+		defer cancel()
+		ours := []string{"build", "-o", dir + "/"}
+		if race && raceSupported() {
+			ours = append(ours, "-race")
+		}
+		ours = append(ours, "isthmus.dev/proxy-server/cmd/proxy-server", "isthmus.dev/proxy-agent/cmd/proxy-agent")
+		if err := goCmd(ctx, ours...); err != nil {
+			buildErr = err
+			return
+		}
+		if err := goCmd(ctx, "build", "-o", b.ANPServer, "sigs.k8s.io/apiserver-network-proxy/cmd/server"); err != nil {
+			buildErr = err
+			return
+		}
+		if err := goCmd(ctx, "build", "-o", b.ANPAgent, "sigs.k8s.io/apiserver-network-proxy/cmd/agent"); err != nil {
+			buildErr = err
+			return
+		}
+		built = b
+	})
+	return built, buildErr
+}
+
+var buildDir string
+
+// Cleanup removes the built binaries; call it from TestMain.
+func Cleanup() {
+	if buildDir != "" {
+		_ = os.RemoveAll(buildDir)
+	}
+}
+
+func raceSupported() bool { return runtime.GOARCH == "amd64" || runtime.GOARCH == "arm64" }
+
+func goCmd(ctx context.Context, args ...string) error {
+	cmd := exec.CommandContext(ctx, "go", args...)
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=1")
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("go %v: %w\n%s", args, err, out)
+	}
+	return nil
+}

@@ -1,0 +1,3 @@
+module isthmus.dev/isthmus
+
+go 1.26.2

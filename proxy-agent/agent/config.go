@@ -1,0 +1,118 @@
+// Package agent is proxy-agent: it dials out to every proxy-server, holds a
+// tunnel to each, and dials backends on their behalf.
+package agent
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"strings"
+	"time"
+
+	"isthmus.dev/tunnel/anp"
+	"isthmus.dev/tunnel/ident"
+)
+
+// Config is everything proxy-agent needs; flags map onto it in cmd/.
+type Config struct {
+	ProxyServerHosts []string // servers (or one load balancer) to hold tunnels to (default 127.0.0.1)
+	ProxyServerPort  int      // agent port of the servers (default 8091; deployments use 8132)
+	CACert           string   // CA that signs the servers' certificates; empty = system roots
+	AgentCert        string   // client certificate, when servers require one
+	AgentKey         string
+	ALPNProtos       []string // extra ALPN protocols offered (e.g. to share a port with kube-apiserver)
+
+	AgentID          string // default: $PROXY_AGENT_ID or a random id
+	AgentIdentifiers string // URL query: host=..&ipv4=..&ipv6=..&cidr=..&default-route=true
+	TokenPath        string // service-account token sent as Bearer, read at every connect
+
+	SyncInterval    time.Duration // first retry delay (default 1 s)
+	SyncIntervalCap time.Duration // retry delay cap (default 10 s)
+	SyncForever     bool          // keep probing for new servers when all expected are held
+	KeepaliveTime   time.Duration // gRPC keepalive (default 1 h)
+
+	DialTimeout time.Duration // backend dial bound (default 10 s)
+	QueueBytes  int           // per-connection receive queue (default 16 MiB)
+
+	HealthHost      string // empty = all interfaces
+	HealthPort      int    // /healthz, /readyz, /metrics (default 8093); 0 = off
+	AdminHost       string // default 127.0.0.1
+	AdminPort       int    // /metrics, /debug/pprof with EnableProfiling (default 8094); 0 = off
+	EnableProfiling bool
+
+	GracefulShutdownTimeout time.Duration // after DRAIN, wait this long for open connections; 0 = until they end
+}
+
+// DefaultConfig returns ANP's defaults (and isthmus's for new settings).
+func DefaultConfig() Config {
+	id := os.Getenv("PROXY_AGENT_ID")
+	if id == "" {
+		id = randomID()
+	}
+	return Config{
+		ProxyServerHosts: []string{"127.0.0.1"},
+		ProxyServerPort:  8091,
+		AgentID:          id,
+		SyncInterval:     time.Second,
+		SyncIntervalCap:  10 * time.Second,
+		KeepaliveTime:    time.Hour,
+		DialTimeout:      anp.DefaultDialTimeout,
+		QueueBytes:       anp.DefaultQueueBytes,
+		HealthPort:       8093,
+		AdminHost:        "127.0.0.1",
+		AdminPort:        8094,
+	}
+}
+
+// Validate checks c and names the flag at fault.
+func (c *Config) Validate() error {
+	var errs []error
+	bad := func(format string, a ...any) { errs = append(errs, fmt.Errorf(format, a...)) }
+	if len(c.ProxyServerHosts) == 0 {
+		bad("--proxy-server-host is empty: give one host, a comma-separated list, or a load balancer")
+	}
+	seen := map[string]bool{}
+	for _, h := range c.ProxyServerHosts {
+		if h == "" || strings.ContainsAny(h, " /") {
+			bad("--proxy-server-host: %q is not a host name or address", h)
+		}
+		if _, _, err := net.SplitHostPort(h); err == nil && !strings.HasPrefix(h, "[") && strings.Count(h, ":") == 1 {
+			bad("--proxy-server-host: %q carries a port; give the port with --proxy-server-port", h)
+		}
+		if seen[h] {
+			bad("--proxy-server-host: %q listed twice", h)
+		}
+		seen[h] = true
+	}
+	if c.ProxyServerPort <= 0 || c.ProxyServerPort > 65535 {
+		bad("--proxy-server-port %d: want 1-65535", c.ProxyServerPort)
+	}
+	if (c.AgentCert == "") != (c.AgentKey == "") {
+		bad("--agent-cert and --agent-key go together")
+	}
+	if strings.TrimSpace(c.AgentID) == "" {
+		bad("--agent-id is empty")
+	}
+	if _, err := ident.Parse(c.AgentIdentifiers); err != nil {
+		bad("--agent-identifiers: %w", err)
+	}
+	if c.SyncInterval <= 0 || c.SyncIntervalCap < c.SyncInterval {
+		bad("--sync-interval (%v) must be > 0 and <= --sync-interval-cap (%v)", c.SyncInterval, c.SyncIntervalCap)
+	}
+	if c.DialTimeout <= 0 {
+		bad("--backend-dial-timeout %v: want > 0", c.DialTimeout)
+	}
+	if c.QueueBytes < 64<<10 {
+		bad("--conn-queue-bytes %d: want at least 65536", c.QueueBytes)
+	}
+	for name, p := range map[string]int{"--health-server-port": c.HealthPort, "--admin-server-port": c.AdminPort} {
+		if p < 0 || p > 65535 {
+			bad("%s %d: want 0 (off) to 65535", name, p)
+		}
+	}
+	if c.GracefulShutdownTimeout < 0 {
+		bad("--graceful-shutdown-timeout must not be negative")
+	}
+	return errors.Join(errs...)
+}

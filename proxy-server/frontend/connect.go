@@ -1,0 +1,217 @@
+package frontend
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync"
+	"time"
+
+	"isthmus.dev/tunnel/link"
+	"isthmus.dev/tunnel/splice"
+)
+
+// HeaderTimeout bounds how long a client may take to send its CONNECT request.
+const HeaderTimeout = 30 * time.Second
+
+// Connect serves HTTP CONNECT as k8s.io/apiserver's egress dialer speaks it:
+// "200" only once the backend dial succeeded, nothing buffered after the
+// header, and one plain-text line for every failure (502 refused or
+// unreachable, 504 dial timeout, 503 no agent, 405 not CONNECT).
+type Connect struct {
+	Dialer      Dialer
+	DialTimeout time.Duration // 0 = DefaultDialTimeout
+	Log         *slog.Logger
+	Tracker     *Tracker // optional
+	OnDial      func(frontend string, reason link.Reason, took time.Duration)
+
+	mu     sync.Mutex
+	conns  map[net.Conn]struct{}
+	closed bool
+	wg     sync.WaitGroup
+}
+
+// Serve accepts connections on ln until ctx ends or ln fails, then closes ln.
+// Connections already accepted go on; Close ends them.
+func (s *Connect) Serve(ctx context.Context, ln net.Listener) error {
+	stop := context.AfterFunc(ctx, func() { _ = ln.Close() })
+	defer stop()
+	var delay time.Duration
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			if ctx.Err() != nil || errors.Is(err, net.ErrClosed) {
+				return nil
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() { // e.g. EMFILE: back off, as net/http does
+				delay = min(max(2*delay, 5*time.Millisecond), time.Second)
+				s.Log.Warn("accept failed; retrying", "err", err, "in", delay)
+				select {
+				case <-time.After(delay):
+					continue
+				case <-ctx.Done():
+					return nil
+				}
+			}
+			return fmt.Errorf("http-connect frontend: accept: %w", err)
+		}
+		delay = 0
+		if !s.track(c) {
+			_ = c.Close()
+			return nil
+		}
+		go s.handle(c)
+	}
+}
+
+func (s *Connect) track(c net.Conn) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return false
+	}
+	if s.conns == nil {
+		s.conns = make(map[net.Conn]struct{})
+	}
+	s.conns[c] = struct{}{}
+	s.wg.Add(1)
+	return true
+}
+
+func (s *Connect) untrack(c net.Conn) {
+	s.mu.Lock()
+	delete(s.conns, c)
+	s.mu.Unlock()
+	s.wg.Done()
+}
+
+// Close ends every live connection and waits for their goroutines.
+func (s *Connect) Close() error {
+	s.mu.Lock()
+	s.closed = true
+	for c := range s.conns {
+		_ = c.Close()
+	}
+	s.mu.Unlock()
+	s.wg.Wait()
+	return nil
+}
+
+func (s *Connect) handle(c net.Conn) {
+	defer s.untrack(c)
+	if s.Tracker != nil {
+		defer s.Tracker.Add()()
+	}
+	// TLS handshakes (TCP mode) happen on first read, under the same deadline.
+	_ = c.SetReadDeadline(time.Now().Add(HeaderTimeout))
+	br := bufio.NewReaderSize(c, 4096)
+	req, err := http.ReadRequest(br)
+	if err != nil {
+		s.Log.Info("bad request on http-connect frontend", "remote", c.RemoteAddr(), "err", err)
+		reply(c, http.StatusBadRequest, "malformed request: "+err.Error())
+		_ = c.Close()
+		return
+	}
+	if req.Method != http.MethodConnect {
+		reply(c, http.StatusMethodNotAllowed, "only CONNECT is served here, got "+req.Method)
+		_ = c.Close()
+		return
+	}
+	address := req.Host
+	log := s.Log.With("frontend", "http-connect", "address", address, "remote", c.RemoteAddr().String())
+	if _, _, err := net.SplitHostPort(address); err != nil {
+		reply(c, http.StatusBadRequest, fmt.Sprintf("CONNECT target %q is not host:port", address))
+		_ = c.Close()
+		return
+	}
+
+	timeout := s.DialTimeout
+	if timeout <= 0 {
+		timeout = DefaultDialTimeout
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	// A client that hangs up during the dial cancels it.
+	watchDone := watchHangup(c, br, cancel)
+	start := time.Now()
+	tc, err := s.Dialer.Dial(ctx, address)
+	watchDone()
+	took := time.Since(start)
+	if err != nil {
+		reason := link.ReasonOf(err)
+		if s.OnDial != nil {
+			s.OnDial("http-connect", reason, took)
+		}
+		log.Info("dial failed", "reason", reason, "err", err, "took", took)
+		reply(c, statusFor(reason), err.Error())
+		_ = c.Close()
+		return
+	}
+	if s.OnDial != nil {
+		s.OnDial("http-connect", "", took)
+	}
+	_ = c.SetReadDeadline(time.Time{})
+	if _, err := c.Write([]byte("HTTP/1.1 200 Connection established\r\n\r\n")); err != nil {
+		_ = c.Close()
+		_ = tc.Close()
+		return
+	}
+	// Bytes the client sent after its header belong to the tunnel.
+	if n := br.Buffered(); n > 0 {
+		b, _ := br.Peek(n)
+		if _, err := tc.Write(b); err != nil {
+			_ = c.Close()
+			_ = tc.Close()
+			return
+		}
+	}
+	log.Debug("connected", "took", took)
+	res := splice.Splice(c, tc)
+	log.Debug("connection finished", "toBackend", res.AtoB, "fromBackend", res.BtoA, "err", res.Err)
+}
+
+// watchHangup cancels the dial when the client closes its connection while
+// we dial. Bytes it sends early stay in br. The returned func stops watching.
+func watchHangup(c net.Conn, br *bufio.Reader, cancel context.CancelFunc) (stop func()) {
+	if br.Buffered() > 0 {
+		return func() {}
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		_ = c.SetReadDeadline(time.Time{})
+		if _, err := br.Peek(1); err != nil {
+			var ne net.Error
+			if !errors.As(err, &ne) || !ne.Timeout() {
+				cancel()
+			}
+		}
+	}()
+	return func() {
+		_ = c.SetReadDeadline(time.Unix(1, 0)) // wake the Peek
+		<-done
+		_ = c.SetReadDeadline(time.Time{})
+	}
+}
+
+func statusFor(r link.Reason) int {
+	switch r {
+	case link.ReasonNoAgent:
+		return http.StatusServiceUnavailable
+	case link.ReasonTimeout:
+		return http.StatusGatewayTimeout
+	}
+	return http.StatusBadGateway
+}
+
+func reply(c net.Conn, code int, msg string) {
+	_ = c.SetWriteDeadline(time.Now().Add(5 * time.Second))
+	body := msg + "\n"
+	fmt.Fprintf(c, "HTTP/1.1 %d %s\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s",
+		code, http.StatusText(code), len(body), body)
+}

@@ -1,0 +1,197 @@
+package frontend
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"net"
+	"sync/atomic"
+	"time"
+
+	"google.golang.org/grpc"
+	"sigs.k8s.io/apiserver-network-proxy/konnectivity-client/proto/client"
+
+	"isthmus.dev/tunnel/anp"
+	"isthmus.dev/tunnel/link"
+	"isthmus.dev/tunnel/splice"
+)
+
+// GRPC serves /ProxyService/Proxy: one tunneled connection per stream, as
+// konnectivity-client's CreateSingleUseGrpcTunnel and CreateGRPCTunnel use it.
+//
+// Flow on a stream: DIAL_REQ{random} in; the dial runs while the stream is
+// watched for DIAL_CLS or the client going away; DIAL_RSP{random, connectID}
+// out; then DATA both ways until CLOSE_REQ (answered with CLOSE_RSP) or the
+// backend ends (CLOSE_RSP sent); then the stream ends.
+type GRPC struct {
+	client.UnimplementedProxyServiceServer
+
+	Dialer      Dialer
+	DialTimeout time.Duration // 0 = DefaultDialTimeout
+	Log         *slog.Logger
+	Tracker     *Tracker // optional
+	// OnDial, if set, observes every dial: its reason ("" on success) and time.
+	OnDial func(frontend string, reason link.Reason, took time.Duration)
+
+	nextID atomic.Int64 // the connectIDs we hand to clients; never 0
+}
+
+// Register adds the service to s.
+func (g *GRPC) Register(s *grpc.Server) { client.RegisterProxyServiceServer(s, g) }
+
+type recvResult struct {
+	p   *client.Packet
+	err error
+}
+
+type dialResult struct {
+	c   net.Conn
+	err error
+}
+
+// Proxy serves one client stream.
+func (g *GRPC) Proxy(stream client.ProxyService_ProxyServer) error {
+	if g.Tracker != nil {
+		defer g.Tracker.Add()()
+	}
+	first, err := stream.Recv()
+	if err != nil {
+		return err
+	}
+	if first.Type != client.PacketType_DIAL_REQ {
+		g.Log.Warn("frontend stream did not start with DIAL_REQ", "frontend", "grpc", "type", first.Type.String())
+		return errors.New("expected DIAL_REQ as the first packet")
+	}
+	req := first.GetDialRequest()
+	random, address := req.GetRandom(), req.GetAddress()
+	log := g.Log.With("frontend", "grpc", "dial", random, "address", address)
+	if req.GetProtocol() != "tcp" {
+		return stream.Send(anp.DialRsp(random, 0, "protocol "+req.GetProtocol()+" not supported"))
+	}
+
+	// The client may send DIAL_CLS or vanish while we dial: one Recv runs
+	// beside the dial, and its result is handed on to the data phase.
+	recvd := make(chan recvResult, 1)
+	go func() {
+		p, err := stream.Recv()
+		recvd <- recvResult{p, err}
+	}()
+	timeout := g.DialTimeout
+	if timeout <= 0 {
+		timeout = DefaultDialTimeout
+	}
+	dctx, dcancel := context.WithTimeout(stream.Context(), timeout)
+	defer dcancel()
+	dres := make(chan dialResult, 1)
+	start := time.Now()
+	go func() {
+		c, err := g.Dialer.Dial(dctx, address)
+		dres <- dialResult{c, err}
+	}()
+	var d dialResult
+	select {
+	case d = <-dres:
+	case r := <-recvd:
+		// Before DIAL_RSP a client can only cancel: DIAL_CLS, or it is gone.
+		dcancel()
+		if d = <-dres; d.c != nil {
+			_ = d.c.Close()
+		}
+		log.Info("dial cancelled by the client", "packet", packetType(r), "err", r.err)
+		g.observe(link.ReasonCancelled, start)
+		return nil
+	}
+	if d.err != nil {
+		reason := link.ReasonOf(d.err)
+		g.observe(reason, start)
+		log.Info("dial failed", "reason", reason, "err", d.err, "took", time.Since(start))
+		return stream.Send(anp.DialRsp(random, 0, d.err.Error()))
+	}
+	g.observe("", start)
+	id := g.nextID.Add(1)
+	if err := stream.Send(anp.DialRsp(random, id, "")); err != nil {
+		_ = d.c.Close()
+		return err
+	}
+	log.Debug("connected", "conn", id, "took", time.Since(start))
+	return g.pump(stream, d.c, id, recvd, log)
+}
+
+func (g *GRPC) observe(r link.Reason, start time.Time) {
+	if g.OnDial != nil {
+		g.OnDial("grpc", r, time.Since(start))
+	}
+}
+
+func packetType(r recvResult) string {
+	if r.p == nil {
+		return ""
+	}
+	return r.p.Type.String()
+}
+
+// pump moves DATA between the stream and c until either side ends.
+func (g *GRPC) pump(stream client.ProxyService_ProxyServer, c net.Conn, id int64, recvd <-chan recvResult, log *slog.Logger) error {
+	inDone := make(chan bool, 1) // true: the client sent CLOSE_REQ
+	go func() {
+		r := <-recvd
+		for {
+			if r.err != nil {
+				inDone <- false
+				return
+			}
+			switch r.p.Type {
+			case client.PacketType_DATA:
+				if b := r.p.GetData().GetData(); len(b) > 0 {
+					// Blocking here is the flow control: gRPC stops
+					// reading this stream until the backend takes the data.
+					if _, err := c.Write(b); err != nil {
+						inDone <- false
+						return
+					}
+				}
+			case client.PacketType_CLOSE_REQ:
+				inDone <- true
+				return
+			case client.PacketType_DIAL_CLS:
+				inDone <- false
+				return
+			}
+			p, err := stream.Recv()
+			r = recvResult{p, err}
+		}
+	}()
+	outDone := make(chan error, 1)
+	go func() {
+		buf := splice.GetBuffer()
+		defer splice.PutBuffer(buf)
+		for {
+			n, err := c.Read(*buf)
+			if n > 0 {
+				if serr := stream.Send(anp.Data(id, (*buf)[:n])); serr != nil {
+					outDone <- serr
+					return
+				}
+			}
+			if err != nil {
+				outDone <- err
+				return
+			}
+		}
+	}()
+	select {
+	case err := <-outDone:
+		// The backend side ended (or the client stopped taking data).
+		_ = c.Close()
+		log.Debug("backend closed the connection", "conn", id, "err", err)
+		return stream.Send(anp.CloseRsp(id, ""))
+	case closeReq := <-inDone:
+		_ = c.Close()
+		<-outDone
+		log.Debug("client closed the connection", "conn", id, "closeReq", closeReq)
+		if closeReq {
+			return stream.Send(anp.CloseRsp(id, ""))
+		}
+		return nil
+	}
+}

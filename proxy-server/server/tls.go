@@ -1,0 +1,78 @@
+package server
+
+import (
+	"crypto/tls"
+	"crypto/x509"
+	"fmt"
+	"net"
+	"os"
+	"strings"
+)
+
+func tlsVersion(s string) (uint16, error) {
+	switch s {
+	case "", "VersionTLS12":
+		return tls.VersionTLS12, nil
+	case "VersionTLS13":
+		return tls.VersionTLS13, nil
+	case "VersionTLS10", "VersionTLS11":
+		return 0, fmt.Errorf("--tls-min-version %s: TLS below 1.2 is not offered; use VersionTLS12 or VersionTLS13", s)
+	}
+	return 0, fmt.Errorf("--tls-min-version %q: allowed are VersionTLS12 and VersionTLS13", s)
+}
+
+func cipherSuites(names []string) ([]uint16, error) {
+	if len(names) == 0 {
+		return nil, nil
+	}
+	known := map[string]uint16{}
+	for _, s := range tls.CipherSuites() {
+		known[s.Name] = s.ID
+	}
+	var ids []uint16
+	for _, n := range names {
+		id, ok := known[strings.TrimSpace(n)]
+		if !ok {
+			return nil, fmt.Errorf("--cipher-suites: %q is not a secure TLS 1.2 cipher suite Go knows", n)
+		}
+		ids = append(ids, id)
+	}
+	return ids, nil
+}
+
+// serverTLS builds a server TLS config from files. With caFile, clients
+// must present a certificate signed by it.
+func serverTLS(certFile, keyFile, caFile string, c *Config) (*tls.Config, error) {
+	cert, err := tls.LoadX509KeyPair(certFile, keyFile)
+	if err != nil {
+		return nil, fmt.Errorf("load key pair %s, %s: %w", certFile, keyFile, err)
+	}
+	minV, err := tlsVersion(c.TLSMinVersion)
+	if err != nil {
+		return nil, err
+	}
+	suites, err := cipherSuites(c.CipherSuites)
+	if err != nil {
+		return nil, err
+	}
+	cfg := &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: minV, CipherSuites: suites}
+	if caFile != "" {
+		pem, err := os.ReadFile(caFile)
+		if err != nil {
+			return nil, fmt.Errorf("read CA %s: %w", caFile, err)
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("CA %s: no PEM certificate in it", caFile)
+		}
+		cfg.ClientCAs = pool
+		cfg.ClientAuth = tls.RequireAndVerifyClientCert
+	}
+	return cfg, nil
+}
+
+type tlsConfig = tls.Config
+
+// tlsListener wraps ln so that accepted connections speak TLS (the handshake
+// runs on first read, under the frontend's header deadline).
+func tlsListener(ln net.Listener, cfg *tls.Config) net.Listener { return tls.NewListener(ln, cfg) }

@@ -1,0 +1,193 @@
+package anp
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"sync"
+
+	"sigs.k8s.io/apiserver-network-proxy/konnectivity-client/proto/client"
+
+	"isthmus.dev/tunnel/link"
+)
+
+// DefaultQueueBytes is the default per-connection receive queue.
+const DefaultQueueBytes = 16 << 20
+
+// endpoint is what the server and agent sides of an ANP link share: the
+// stream, the send lock, the live connections and the control sender.
+type endpoint struct {
+	stream     Stream
+	log        *slog.Logger
+	queueLimit int
+	// closePacket is what this side sends when it closes a connection first.
+	closePacket func(id int64) *client.Packet
+
+	sendMu sync.Mutex // gRPC streams allow one sender at a time
+
+	mu      sync.Mutex
+	conns   map[int64]*conn
+	dead    error // set when the link ended
+	ctrl    []*client.Packet
+	ctrlSig chan struct{}
+	done    chan struct{}
+}
+
+func newEndpoint(s Stream, log *slog.Logger, queueLimit int, closePacket func(int64) *client.Packet) *endpoint {
+	if queueLimit <= 0 {
+		queueLimit = DefaultQueueBytes
+	}
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return &endpoint{
+		stream:      s,
+		log:         log,
+		queueLimit:  queueLimit,
+		closePacket: closePacket,
+		conns:       make(map[int64]*conn),
+		ctrlSig:     make(chan struct{}, 1),
+		done:        make(chan struct{}),
+	}
+}
+
+func (e *endpoint) send(p *client.Packet) error {
+	select {
+	case <-e.done:
+		return link.ErrLinkClosed
+	default:
+	}
+	e.sendMu.Lock()
+	defer e.sendMu.Unlock()
+	if err := e.stream.Send(p); err != nil {
+		return fmt.Errorf("%w: send %s: %w", link.ErrLinkClosed, p.Type, err)
+	}
+	return nil
+}
+
+// sendLater queues a control packet for the control sender, so that the
+// reader never blocks on a send (two readers blocked on sends to each other
+// would deadlock on gRPC flow control).
+func (e *endpoint) sendLater(p *client.Packet) {
+	e.mu.Lock()
+	if e.dead == nil {
+		e.ctrl = append(e.ctrl, p)
+	}
+	e.mu.Unlock()
+	select {
+	case e.ctrlSig <- struct{}{}:
+	default:
+	}
+}
+
+// runControl sends queued control packets until the link ends.
+func (e *endpoint) runControl() {
+	for {
+		select {
+		case <-e.done:
+			return
+		case <-e.ctrlSig:
+		}
+		e.mu.Lock()
+		batch := e.ctrl
+		e.ctrl = nil
+		e.mu.Unlock()
+		for _, p := range batch {
+			if err := e.send(p); err != nil {
+				return
+			}
+		}
+	}
+}
+
+func (e *endpoint) newConn(id int64, remote string) *conn {
+	return &conn{ep: e, id: id, q: newQueue(e.queueLimit), local: addr{"proxy"}, remote: addr{remote}}
+}
+
+// add registers c; it fails when the link is dead or the id is in use.
+func (e *endpoint) add(c *conn) error {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.dead != nil {
+		return e.dead
+	}
+	if _, dup := e.conns[c.id]; dup {
+		return fmt.Errorf("connectID %d already in use", c.id)
+	}
+	e.conns[c.id] = c
+	return nil
+}
+
+func (e *endpoint) get(id int64) *conn {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.conns[id]
+}
+
+// take removes and returns the conn with id, if any.
+func (e *endpoint) take(id int64) *conn {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	c := e.conns[id]
+	delete(e.conns, id)
+	return c
+}
+
+// release forgets c after a local Close and tells the peer if asked.
+func (e *endpoint) release(c *conn, tell bool) {
+	e.mu.Lock()
+	if e.conns[c.id] == c {
+		delete(e.conns, c.id)
+	}
+	dead := e.dead != nil
+	e.mu.Unlock()
+	if tell && !dead {
+		e.sendLater(e.closePacket(c.id))
+	}
+}
+
+// deliver hands DATA to its connection. A full queue closes that connection
+// alone; data for unknown ids (already closed) is dropped.
+func (e *endpoint) deliver(id int64, b []byte) (known bool) {
+	c := e.get(id)
+	if c == nil {
+		return false
+	}
+	if !c.q.push(b) {
+		e.log.Warn("closing connection: receive queue full (the reader is too slow; the ANP wire has no flow control)",
+			"conn", id, "queueBytes", e.queueLimit)
+		c.closeRemote(fmt.Errorf("connection %d: %w (%d bytes)", id, link.ErrQueueOverflow, e.queueLimit))
+		e.release(c, true)
+	}
+	return true
+}
+
+// shutdown ends the link: every connection fails with err.
+func (e *endpoint) shutdown(err error) {
+	if err == nil || errors.Is(err, io.EOF) {
+		err = link.ErrLinkClosed
+	} else if !errors.Is(err, link.ErrLinkClosed) {
+		err = fmt.Errorf("%w: %w", link.ErrLinkClosed, err)
+	}
+	e.mu.Lock()
+	if e.dead != nil {
+		e.mu.Unlock()
+		return
+	}
+	e.dead = err
+	conns := e.conns
+	e.conns = map[int64]*conn{}
+	e.ctrl = nil
+	close(e.done)
+	e.mu.Unlock()
+	for _, c := range conns {
+		c.closeRemote(err)
+	}
+}
+
+func (e *endpoint) active() int {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return len(e.conns)
+}

@@ -1,0 +1,9 @@
+package link
+
+import "syscall"
+
+var (
+	errConnRefused = syscall.ECONNREFUSED
+	errHostUnreach = syscall.EHOSTUNREACH
+	errNetUnreach  = syscall.ENETUNREACH
+)

@@ -1,0 +1,111 @@
+// Package link holds what every agent link (the ANP gRPC link and, later, the
+// native one) has in common: the dial contract and its typed errors.
+//
+// A link is a connection between one proxy-server and one proxy-agent. On the
+// server side it is a Dialer that hands out tunneled connections as net.Conn;
+// on the agent side it serves dial requests with a DialFunc. Neither side
+// knows which wire is underneath.
+package link
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+)
+
+// Dialer is the server side of a link: it asks the agent at the other end to
+// dial address ("host:port", TCP) and returns the tunneled connection. The
+// context bounds the dial only, never the connection's life.
+type Dialer interface {
+	Dial(ctx context.Context, address string) (net.Conn, error)
+}
+
+// DialFunc dials a backend on the agent side.
+type DialFunc func(ctx context.Context, address string) (net.Conn, error)
+
+// Sentinel errors. Match them with errors.Is.
+var (
+	// ErrNoAgent: no connected agent can serve the destination.
+	ErrNoAgent = errors.New("no agent available for this destination")
+	// ErrLinkClosed: the link to the agent went away.
+	ErrLinkClosed = errors.New("agent link closed")
+	// ErrQueueOverflow: a connection's receive queue overflowed; the ANP wire
+	// has no flow control, so that one connection is closed.
+	ErrQueueOverflow = errors.New("receive queue overflow")
+)
+
+// Reason classifies a failed dial. It is a metric label and picks the HTTP
+// status of the CONNECT frontend.
+type Reason string
+
+// The reasons a dial fails.
+const (
+	ReasonRefused     Reason = "refused"     // the backend actively refused
+	ReasonUnreachable Reason = "unreachable" // no route / host unreachable
+	ReasonTimeout     Reason = "timeout"     // the dial did not finish in time
+	ReasonNoAgent     Reason = "no_agent"    // nothing to carry it
+	ReasonLinkClosed  Reason = "link_closed" // the agent's link broke mid-dial
+	ReasonCancelled   Reason = "cancelled"   // the client gave up
+	ReasonPolicy      Reason = "policy"      // refused by the agent's policy
+	ReasonError       Reason = "error"       // anything else
+)
+
+// DialError is a failed dial with its reason.
+type DialError struct {
+	Address string
+	Agent   string
+	Reason  Reason
+	Err     error
+}
+
+func (e *DialError) Error() string {
+	if e.Agent != "" {
+		return fmt.Sprintf("dial %s via agent %s: %s: %v", e.Address, e.Agent, e.Reason, e.Err)
+	}
+	return fmt.Sprintf("dial %s: %s: %v", e.Address, e.Reason, e.Err)
+}
+
+func (e *DialError) Unwrap() error { return e.Err }
+
+// Timeout reports whether the dial timed out (net.Error).
+func (e *DialError) Timeout() bool { return e.Reason == ReasonTimeout }
+
+// ReasonOf returns the reason of err: the DialError's reason, or one derived
+// from well-known sentinel errors.
+func ReasonOf(err error) Reason {
+	var de *DialError
+	switch {
+	case err == nil:
+		return ""
+	case errors.As(err, &de):
+		return de.Reason
+	case errors.Is(err, ErrNoAgent):
+		return ReasonNoAgent
+	case errors.Is(err, ErrLinkClosed):
+		return ReasonLinkClosed
+	case errors.Is(err, context.DeadlineExceeded):
+		return ReasonTimeout
+	case errors.Is(err, context.Canceled):
+		return ReasonCancelled
+	}
+	return ReasonError
+}
+
+// Classify derives the reason of a local backend dial error (agent side).
+func Classify(err error) Reason {
+	var ne net.Error
+	switch {
+	case err == nil:
+		return ""
+	case errors.Is(err, context.DeadlineExceeded), errors.As(err, &ne) && ne.Timeout():
+		return ReasonTimeout
+	case errors.Is(err, context.Canceled):
+		return ReasonCancelled
+	case errors.Is(err, errConnRefused):
+		return ReasonRefused
+	case errors.Is(err, errHostUnreach), errors.Is(err, errNetUnreach):
+		return ReasonUnreachable
+	}
+	return ReasonOf(err)
+}
