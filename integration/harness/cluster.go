@@ -92,16 +92,17 @@ func StartServer(t testing.TB, bins Binaries, pki *certs.Bundle, o ServerOpts) *
 	if o.Count == 0 {
 		o.Count = 1
 	}
+	freePort := freePortFor(o.Impl) // upstream refuses ports above 49151
 	if o.AgentPort == 0 {
-		o.AgentPort = FreePort(t)
+		o.AgentPort = freePort(t)
 	}
-	s := &Server{Opts: o, PKI: pki, AgentPort: o.AgentPort, HealthPort: FreePort(t)}
+	s := &Server{Opts: o, PKI: pki, AgentPort: o.AgentPort, HealthPort: freePort(t)}
 	args := []string{
 		"--mode=" + o.Mode,
 		"--agent-port=" + strconv.Itoa(o.AgentPort), "--agent-bind-address=127.0.0.1",
 		"--cluster-cert=" + pki.AgentPortCert, "--cluster-key=" + pki.AgentPortKey,
 		"--health-port=" + strconv.Itoa(s.HealthPort), "--health-bind-address=127.0.0.1",
-		"--admin-port=" + strconv.Itoa(FreePort(t)),
+		"--admin-port=" + strconv.Itoa(freePort(t)),
 		"--server-id=" + o.ID, "--server-count=" + strconv.Itoa(o.Count),
 	}
 	if o.Transport == UDS {
@@ -113,7 +114,7 @@ func StartServer(t testing.TB, bins Binaries, pki *certs.Bundle, o ServerOpts) *
 		s.UDS = filepath.Join(dir, "proxy.sock")
 		args = append(args, "--uds-name="+s.UDS, "--server-port=0")
 	} else {
-		port := FreePort(t)
+		port := freePort(t)
 		s.Frontend = net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
 		args = append(args, "--server-port="+strconv.Itoa(port), "--server-bind-address=127.0.0.1",
 			"--server-cert="+pki.FrontendCert, "--server-key="+pki.FrontendKey, "--server-ca-cert="+pki.CACert)

@@ -2,9 +2,9 @@ package anp
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"sync"
 	"time"
 
@@ -129,7 +129,7 @@ func (l *AgentLink) readLoop(ctx context.Context) error {
 // errClosedByServer ends a connection's reads when the server closed it. It
 // is not io.EOF: there is no half-close on this wire, so the splice must tear
 // the backend down rather than wait for it.
-var errClosedByServer = errors.New("connection closed by proxy-server")
+var errClosedByServer = fmt.Errorf("connection closed by proxy-server: %w", net.ErrClosed)
 
 func (l *AgentLink) startDial(ctx context.Context, random int64, protocol, address string) {
 	log := l.ep.log.With("dial", random, "address", address)

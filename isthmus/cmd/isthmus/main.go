@@ -1,3 +1,56 @@
+// Command isthmus is the operator tool of isthmus: everything around the
+// proxy-server and proxy-agent daemons. Today: demo.
 package main
 
-func main() {}
+import (
+	"errors"
+	"fmt"
+	"os"
+
+	"github.com/spf13/pflag"
+)
+
+const usage = `isthmus: the operator tool of the isthmus tunnel (a drop-in for Konnectivity).
+
+Commands:
+  demo    run proxy-server, proxy-agent and a backend on this machine and send
+          traffic through the tunnel, printing every hop
+
+Run 'isthmus COMMAND --help' for a command's flags.
+`
+
+type command struct {
+	name string
+	run  func(args []string) error
+}
+
+var commands = []command{
+	{"demo", runDemo},
+}
+
+func main() {
+	if err := dispatch(os.Args[1:]); err != nil {
+		if errors.Is(err, pflag.ErrHelp) {
+			return
+		}
+		fmt.Fprintln(os.Stderr, "isthmus:", err)
+		os.Exit(1)
+	}
+}
+
+func dispatch(args []string) error {
+	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
+		fmt.Fprint(os.Stderr, usage)
+		if len(args) == 0 {
+			return errors.New("no command given")
+		}
+		return nil
+	}
+	for _, c := range commands {
+		if c.name == args[0] {
+			return c.run(args[1:])
+		}
+	}
+	fmt.Fprint(os.Stderr, usage)
+	return fmt.Errorf("unknown command %q", args[0])
+}
