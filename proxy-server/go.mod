@@ -5,6 +5,7 @@ go 1.26.2
 require (
 	github.com/prometheus/client_golang v1.25.0
 	github.com/spf13/pflag v1.1.0
+	go.uber.org/goleak v1.3.0
 	google.golang.org/grpc v1.85.0
 	isthmus.dev/tunnel v0.0.0
 	sigs.k8s.io/apiserver-network-proxy/konnectivity-client v0.37.0

@@ -32,7 +32,7 @@ func (p *pendingLink) run() error {
 
 // connect opens one agent stream to host and reads the server's headers.
 func (a *Agent) connect(ctx context.Context, host string) (*pendingLink, int, error) {
-	target := net.JoinHostPort(host, strconv.Itoa(a.cfg.ProxyServerPort))
+	target := net.JoinHostPort(strings.Trim(host, "[]"), strconv.Itoa(a.cfg.ProxyServerPort))
 	tc := a.tls.Clone()
 	tc.ServerName = strings.Trim(host, "[]")
 	cc, err := grpc.NewClient("passthrough:///"+target,

@@ -181,10 +181,14 @@ func watchHangup(c net.Conn, br *bufio.Reader, cancel context.CancelFunc) (stop 
 	if br.Buffered() > 0 {
 		return func() {}
 	}
+	// Clear the header deadline here, not in the goroutine: stop may run
+	// before the goroutine does (a dial that fails at once), and its wake-up
+	// deadline must not be overwritten, or Peek would block until the client
+	// gives up.
+	_ = c.SetReadDeadline(time.Time{})
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		_ = c.SetReadDeadline(time.Time{})
 		if _, err := br.Peek(1); err != nil {
 			var ne net.Error
 			if !errors.As(err, &ne) || !ne.Timeout() {

@@ -142,32 +142,45 @@ func (r *Registry) Pick(address string, exclude []*Backend) (*Backend, error) {
 	}
 	r.mu.RLock()
 	defer r.mu.RUnlock()
+	var cands []candidate
 	for _, s := range r.strategies {
-		var best *Backend
-		bestLoad, bestDrain, ties := 0, false, 0
+		cands = cands[:0]
 		for _, b := range r.backends {
-			if slices.Contains(exclude, b) || !matches(s, b, host) {
-				continue
-			}
-			load, drain := b.Link.Active(), b.Link.Draining()
-			better := best == nil || (bestDrain && !drain) || (drain == bestDrain && load < bestLoad)
-			same := best != nil && drain == bestDrain && load == bestLoad
-			switch {
-			case better:
-				best, bestLoad, bestDrain, ties = b, load, drain, 1
-			case same:
-				// Reservoir sampling: an even spread among equal candidates.
-				ties++
-				if rand.IntN(ties) == 0 {
-					best = b
-				}
+			if !slices.Contains(exclude, b) && matches(s, b, host) {
+				cands = append(cands, candidate{b, b.Link.Active(), b.Link.Draining()})
 			}
 		}
-		if best != nil {
+		if best := choose(cands); best != nil {
 			return best, nil
 		}
 	}
 	return nil, link.ErrNoAgent
+}
+
+// candidate is a backend with its load and drain state at pick time.
+type candidate struct {
+	b     *Backend
+	load  int
+	drain bool
+}
+
+// choose prefers non-draining candidates, then the least loaded, and
+// spreads evenly among equals. It returns nil for no candidates.
+func choose(cands []candidate) *Backend {
+	var best candidate
+	ties := 0
+	for _, c := range cands {
+		switch {
+		case best.b == nil || (best.drain && !c.drain) || (c.drain == best.drain && c.load < best.load):
+			best, ties = c, 1
+		case c.drain == best.drain && c.load == best.load:
+			ties++ // reservoir sampling among equals
+			if rand.IntN(ties) == 0 {
+				best = c
+			}
+		}
+	}
+	return best.b
 }
 
 func matches(strategy string, b *Backend, host string) bool {

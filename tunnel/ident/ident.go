@@ -71,7 +71,7 @@ func (id Identifiers) MatchesHost(host string) bool {
 				return true
 			}
 		}
-		return false
+		host = a.String() // an address may also be listed as host=
 	}
 	host = strings.ToLower(host)
 	for _, h := range id.Hosts {

@@ -29,6 +29,16 @@ func TestParse(t *testing.T) {
 	}
 }
 
+func TestAddressListedAsHost(t *testing.T) {
+	id, err := Parse("host=10.1.2.3")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !id.MatchesHost("10.1.2.3") {
+		t.Error("an address given as host= must match, as upstream matches it")
+	}
+}
+
 func TestParseRejects(t *testing.T) {
 	for _, s := range []string{"ipv4=fd00::1", "ipv6=10.0.0.1", "ipv4=nope", "cidr=10.0.0.0/33", "default-route=maybe", "%zz"} {
 		if _, err := Parse(s); err == nil {
