@@ -184,7 +184,13 @@ func (a *Agent) syncHost(ctx context.Context, host string) {
 				return
 			case id := <-ended:
 				delete(mine, id)
-				backoff = a.cfg.SyncInterval
+				// Not at once: a server that drops links right after
+				// accepting them must not be hammered.
+				select {
+				case <-ctx.Done():
+					return
+				case <-time.After(jitter(a.cfg.SyncInterval)):
+				}
 			case <-probeC:
 			}
 			if probe != nil {
@@ -202,6 +208,8 @@ func (a *Agent) syncHost(ctx context.Context, host string) {
 			}
 		}
 		hl, count, err := a.connect(ctx, host)
+		// On failure: jittered, capped exponential backoff.
+		wait := jitter(backoff)
 		switch {
 		case ctx.Err() != nil:
 			if hl != nil {
@@ -209,7 +217,7 @@ func (a *Agent) syncHost(ctx context.Context, host string) {
 			}
 			return
 		case err != nil:
-			log.Warn("cannot connect to proxy-server; will retry", "err", err, "retryIn", backoff.Round(time.Millisecond))
+			log.Warn("cannot connect to proxy-server; will retry", "err", err, "retryIn", wait.Round(time.Millisecond))
 			a.metrics.connectFailures.Inc()
 		case !a.hold(hl.held):
 			log.Debug("already holding this server; dropping the duplicate connection", "server", hl.held.serverID)
@@ -235,8 +243,6 @@ func (a *Agent) syncHost(ctx context.Context, host string) {
 			}()
 			continue // full: wait above; short: dial again now
 		}
-		// Failed or duplicate: back off with jitter, capped.
-		wait := backoff/2 + rand.N(backoff/2+1)
 		backoff = min(2*backoff, a.cfg.SyncIntervalCap)
 		select {
 		case <-ctx.Done():
@@ -245,3 +251,6 @@ func (a *Agent) syncHost(ctx context.Context, host string) {
 		}
 	}
 }
+
+// jitter returns a random duration in [d/2, d].
+func jitter(d time.Duration) time.Duration { return d/2 + rand.N(d/2+1) }
