@@ -2,6 +2,7 @@ package server
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -141,7 +142,7 @@ func (s *Server) Run(ctx context.Context) error {
 		return fmt.Errorf("agent port TLS: %w", err)
 	}
 	var frontendCreds credentials.TransportCredentials
-	var frontendTLS = (*tlsConfig)(nil)
+	var frontendTLS *tls.Config
 	if c.UDSName == "" {
 		t, err := serverTLS(c.ServerCert, c.ServerKey, c.ServerCACert, c)
 		if err != nil {

@@ -71,8 +71,6 @@ func serverTLS(certFile, keyFile, caFile string, c *Config) (*tls.Config, error)
 	return cfg, nil
 }
 
-type tlsConfig = tls.Config
-
 // tlsListener wraps ln so that accepted connections speak TLS (the handshake
 // runs on first read, under the frontend's header deadline).
 func tlsListener(ln net.Listener, cfg *tls.Config) net.Listener { return tls.NewListener(ln, cfg) }
