@@ -82,16 +82,17 @@ func NewBlackhole(t testing.TB) *Blackhole {
 
 	// Pick a /30 no other namespace (of this or a parallel test process)
 	// uses, under a lock shared by all test processes on the machine.
-	unlock := bhLock(t, filepath.Join(os.TempDir(), "isthmus-blackhole.lock"))
-	prefix, err := freeSlash30()
-	if err != nil {
-		unlock()
-		t.Fatal(err)
-	}
-	b.HostAddr = prefix.Addr().Next()
-	b.NSAddr = b.HostAddr.Next()
-	bhRun(t, "ip", "addr", "add", netip.PrefixFrom(b.HostAddr, 30).String(), "dev", b.HostIf)
-	unlock()
+	func() {
+		unlock := bhLock(t, filepath.Join(os.TempDir(), "isthmus-blackhole.lock"))
+		defer unlock() // also when bhRun fails the test (runtime.Goexit runs defers)
+		prefix, err := freeSlash30()
+		if err != nil {
+			t.Fatal(err)
+		}
+		b.HostAddr = prefix.Addr().Next()
+		b.NSAddr = b.HostAddr.Next()
+		bhRun(t, "ip", "addr", "add", netip.PrefixFrom(b.HostAddr, 30).String(), "dev", b.HostIf)
+	}()
 
 	bhRun(t, "ip", "link", "set", b.HostIf, "up")
 	bhRun(t, "ip", "-n", b.Name, "addr", "add", netip.PrefixFrom(b.NSAddr, 30).String(), "dev", nsIf)

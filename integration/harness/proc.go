@@ -126,16 +126,35 @@ func (p *Proc) Kill() {
 	<-p.done
 }
 
-// FreePort returns a TCP port free on 127.0.0.1 at the time of the call.
+// FreePort returns a TCP port free on 127.0.0.1 at the time of the call,
+// and never one it returned before in this test process: the kernel may
+// hand the same free port out twice in a row (seen as a server started with
+// the same --health-port and --admin-port).
 func FreePort(t testing.TB) int {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	for range 100 {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		port := ln.Addr().(*net.TCPAddr).Port
+		ln.Close()
+		givenMu.Lock()
+		seen := givenPorts[port]
+		givenPorts[port] = true
+		givenMu.Unlock()
+		if !seen {
+			return port
+		}
 	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
+	t.Fatal("FreePort: no port not handed out before after 100 tries")
+	return 0
 }
+
+var (
+	givenMu    sync.Mutex
+	givenPorts = map[int]bool{}
+)
 
 // WaitFor polls cond every 20 ms until it holds or d passes.
 func WaitFor(t testing.TB, d time.Duration, what string, cond func() bool) {
