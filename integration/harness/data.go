@@ -9,7 +9,6 @@ import (
 	"math/rand/v2"
 	"net"
 	"sync"
-	"time"
 )
 
 // patternPeriod is the length of a Pattern's table. It is odd and not near a
@@ -120,6 +119,13 @@ func (r Received) String() string {
 // limit), checking every byte against the stream. It stops at the first
 // mismatch.
 func (p *Pattern) ReadVerify(r io.Reader, limit int64) Received {
+	return p.ReadVerifyAt(r, 0, limit)
+}
+
+// ReadVerifyAt is ReadVerify for a reader positioned at offset off of the
+// stream. N counts the bytes read by this call; Mismatch is an offset in the
+// stream.
+func (p *Pattern) ReadVerifyAt(r io.Reader, off, limit int64) Received {
 	res := Received{Mismatch: -1}
 	buf := make([]byte, 256<<10)
 	for limit < 0 || res.N < limit {
@@ -129,8 +135,8 @@ func (p *Pattern) ReadVerify(r io.Reader, limit int64) Received {
 		}
 		n, err := r.Read(b)
 		if n > 0 {
-			if bad := p.Mismatch(b[:n], res.N); bad >= 0 {
-				res.Mismatch = res.N + int64(bad)
+			if bad := p.Mismatch(b[:n], off+res.N); bad >= 0 {
+				res.Mismatch = off + res.N + int64(bad)
 				res.N += int64(bad)
 				res.Err = fmt.Errorf("data differs from the stream at offset %d", res.Mismatch)
 				return res
@@ -176,18 +182,4 @@ func CloseWhenDone(ctx context.Context, c net.Conn) (stop func() bool) {
 		_ = c.SetDeadline(dl)
 	}
 	return context.AfterFunc(ctx, func() { _ = c.Close() })
-}
-
-// Within runs f and returns its error, or an error if f takes longer than d.
-// f keeps running in the background after a timeout; the caller must make it
-// end (typically by closing what it uses).
-func Within(d time.Duration, f func() error) error {
-	done := make(chan error, 1)
-	go func() { done <- f() }()
-	select {
-	case err := <-done:
-		return err
-	case <-time.After(d):
-		return fmt.Errorf("not done within %v", d)
-	}
 }

@@ -3,6 +3,7 @@ package frontend
 import (
 	"context"
 	"errors"
+	"io"
 	"log/slog"
 	"net"
 	"sync/atomic"
@@ -183,8 +184,14 @@ func (g *GRPC) pump(stream client.ProxyService_ProxyServer, c net.Conn, id int64
 	case err := <-outDone:
 		// The backend side ended (or the client stopped taking data).
 		_ = c.Close()
-		log.Debug("backend closed the connection", "conn", id, "err", err)
-		return stream.Send(anp.CloseRsp(id, ""))
+		if errors.Is(err, io.EOF) {
+			log.Debug("backend closed the connection", "conn", id)
+			return stream.Send(anp.CloseRsp(id, ""))
+		}
+		// Cut, not closed: say so, so the client can tell a truncated
+		// stream from a whole one (konnectivity-client returns it from Close).
+		log.Info("connection cut", "conn", id, "err", err)
+		return stream.Send(anp.CloseRsp(id, err.Error()))
 	case closeReq := <-inDone:
 		_ = c.Close()
 		<-outDone

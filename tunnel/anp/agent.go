@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
-	"net"
 	"sync"
 	"time"
 
@@ -117,7 +116,7 @@ func (l *AgentLink) readLoop(ctx context.Context) error {
 		case client.PacketType_CLOSE_REQ:
 			id := p.GetCloseRequest().GetConnectID()
 			if c := l.ep.take(id); c != nil {
-				c.closeRemote(errClosedByServer)
+				c.peerClosed()
 			}
 			l.ep.sendLater(closeRsp(id, ""))
 		default:
@@ -126,10 +125,9 @@ func (l *AgentLink) readLoop(ctx context.Context) error {
 	}
 }
 
-// errClosedByServer ends a connection's reads when the server closed it. It
-// is not io.EOF: there is no half-close on this wire, so the splice must tear
-// the backend down rather than wait for it.
-var errClosedByServer = fmt.Errorf("connection closed by proxy-server: %w", net.ErrClosed)
+// closeDrainTimeout bounds how long the agent keeps writing data queued
+// for a backend after the server closed the connection.
+const closeDrainTimeout = 10 * time.Second
 
 func (l *AgentLink) startDial(ctx context.Context, random int64, protocol, address string) {
 	log := l.ep.log.With("dial", random, "address", address)
@@ -171,6 +169,10 @@ func (l *AgentLink) startDial(ctx context.Context, random int64, protocol, addre
 		if err == nil && still {
 			l.nextID++
 			c = l.ep.newConn(l.nextID, address)
+			// The server closed: the backend still gets what was queued
+			// for it (EOF from a conn without half-close ends the splice
+			// after the copy), within a bound.
+			c.onPeerClose = func() { _ = backend.SetWriteDeadline(time.Now().Add(closeDrainTimeout)) }
 			if aerr := l.ep.add(c); aerr != nil {
 				c, err = nil, aerr
 			}

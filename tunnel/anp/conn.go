@@ -1,6 +1,7 @@
 package anp
 
 import (
+	"io"
 	"net"
 	"os"
 	"sync"
@@ -18,6 +19,10 @@ type conn struct {
 	q      *queue
 	local  net.Addr
 	remote net.Addr
+
+	// onPeerClose, if set before the conn is registered, runs when the peer
+	// closes the connection (not on overflow or link loss).
+	onPeerClose func()
 
 	closeOnce     sync.Once
 	remoteClosed  atomic.Bool // the peer closed: Close sends nothing
@@ -59,8 +64,17 @@ func (c *conn) Close() error {
 	return nil
 }
 
-// closeRemote is called by the link's reader when the peer closed the
-// connection: readers drain what is queued, then see io.EOF.
+// peerClosed is called by the link's reader when the peer closed the
+// connection: readers get what is queued, then io.EOF.
+func (c *conn) peerClosed() {
+	c.closeRemote(io.EOF)
+	if c.onPeerClose != nil {
+		c.onPeerClose()
+	}
+}
+
+// closeRemote ends the connection from the link's side: with io.EOF
+// readers get what is queued first; any other error drops it.
 func (c *conn) closeRemote(err error) {
 	c.remoteClosed.Store(true)
 	c.closed.Store(true)

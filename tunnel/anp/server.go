@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"math/rand/v2"
 	"net"
@@ -104,7 +103,7 @@ func (l *ServerLink) readLoop() error {
 				id = p.GetCloseRequest().GetConnectID()
 			}
 			if c := l.ep.take(id); c != nil {
-				c.closeRemote(io.EOF)
+				c.peerClosed()
 			}
 		case client.PacketType_DIAL_CLS:
 			l.failPending(p.GetCloseDial().GetRandom(), errors.New("dial closed by agent"))

@@ -59,7 +59,13 @@ func Splice(a, b net.Conn) Result {
 	run := func(dst, src net.Conn, n *int64) {
 		defer wg.Done()
 		var err error
-		*n, err = copyBuf(dst, src)
+		var readErr error
+		*n, readErr, err = copyBuf(dst, src)
+		if readErr != nil && !isClosed(readErr) {
+			// src was cut, not closed: pass the abort on, so the peer
+			// behind dst does not take a truncated stream for a whole one.
+			abort(dst)
+		}
 		if err != nil && !isClosed(err) {
 			errMu.Lock()
 			if res.Err == nil {
@@ -82,18 +88,48 @@ func Splice(a, b net.Conn) Result {
 	return res
 }
 
-// copyBuf is io.Copy with a pooled buffer; it returns nil at EOF.
-func copyBuf(dst io.Writer, src io.Reader) (int64, error) {
+// copyBuf is io.Copy with a pooled buffer; it returns nil at EOF, and
+// separately the error that ended reading src, if reading ended it.
+func copyBuf(dst io.Writer, src io.Reader) (n int64, readErr, err error) {
 	buf := GetBuffer()
 	defer PutBuffer(buf)
-	return io.CopyBuffer(onlyWriter{dst}, onlyReader{src}, *buf)
+	r := &onlyReader{Reader: src}
+	n, err = io.CopyBuffer(onlyWriter{dst}, r, *buf)
+	return n, r.err, err
+}
+
+// abort makes the next Close of c abortive where the transport has one: a
+// TCP reset instead of an orderly FIN (also beneath TLS).
+func abort(c net.Conn) {
+	for range 4 { // bounded unwrapping
+		switch x := c.(type) {
+		case interface{ SetLinger(int) error }:
+			_ = x.SetLinger(0)
+			return
+		case interface{ NetConn() net.Conn }:
+			c = x.NetConn()
+		default:
+			return
+		}
+	}
 }
 
 // onlyWriter and onlyReader hide ReadFrom/WriteTo so that io.CopyBuffer uses
 // the pooled buffer. (TCP's own ReadFrom/splice(2) would be faster for
 // socket-to-socket, but our ends are rarely both plain sockets.)
 type onlyWriter struct{ io.Writer }
-type onlyReader struct{ io.Reader }
+type onlyReader struct {
+	io.Reader
+	err error // the last read error
+}
+
+func (r *onlyReader) Read(p []byte) (int, error) {
+	n, err := r.Reader.Read(p)
+	if err != nil {
+		r.err = err
+	}
+	return n, err
+}
 
 func isClosed(err error) bool {
 	return errors.Is(err, net.ErrClosed) || errors.Is(err, io.ErrClosedPipe) || errors.Is(err, io.EOF)

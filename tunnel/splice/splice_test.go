@@ -2,8 +2,10 @@ package splice
 
 import (
 	"bytes"
+	"errors"
 	"io"
 	"net"
+	"syscall"
 	"testing"
 	"time"
 
@@ -96,4 +98,38 @@ func TestEOFWithoutHalfCloseEndsBoth(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("splice did not end")
 	}
+}
+
+// failingConn reads a few bytes, then fails the way a cut tunnel does.
+type failingConn struct {
+	net.Conn
+	sent bool
+}
+
+var errCut = errors.New("tunnel cut")
+
+func (f *failingConn) Read(p []byte) (int, error) {
+	if !f.sent {
+		f.sent = true
+		return copy(p, "partial"), nil
+	}
+	return 0, errCut
+}
+
+// A source that is cut (not closed) is passed on as a reset, so the client
+// cannot mistake a truncated stream for a complete one.
+func TestCutSourceResetsTheOtherSide(t *testing.T) {
+	client, a := tcpPair(t)
+	b, backend := tcpPair(t)
+	defer backend.Close()
+	res := Splice(a, &failingConn{Conn: b})
+	if !errors.Is(res.Err, errCut) {
+		t.Fatalf("result error %v, want the cut", res.Err)
+	}
+	_ = client.SetReadDeadline(time.Now().Add(10 * time.Second))
+	got, err := io.ReadAll(client)
+	if string(got) != "partial" || !errors.Is(err, syscall.ECONNRESET) {
+		t.Fatalf("client read %q, %v; want the partial data, then a reset", got, err)
+	}
+	client.Close()
 }
