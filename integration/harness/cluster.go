@@ -254,7 +254,9 @@ type ConnectError struct {
 	Line   string
 }
 
-func (e *ConnectError) Error() string { return fmt.Sprintf("CONNECT answered %d: %s", e.Status, e.Line) }
+func (e *ConnectError) Error() string {
+	return fmt.Sprintf("CONNECT answered %d: %s", e.Status, e.Line)
+}
 
 // DialConnect opens a tunnel through an HTTP CONNECT frontend the way
 // kube-apiserver's egress dialer does: a new connection per dial, the exact

@@ -1,12 +1,9 @@
 package harness
 
 import (
-	"bufio"
 	"math/rand/v2"
 	"net"
-	"net/http"
 	"strconv"
-	"strings"
 	"testing"
 	"time"
 )
@@ -45,48 +42,25 @@ func freePortFor(impl Impl) func(testing.TB) int {
 	return FreePort
 }
 
-// Metric reads the first sample of the Prometheus metric name (exact name,
-// any labels) from url (a /metrics page). ok is false when the page could
-// not be read or has no such sample.
-func Metric(url, name string) (value float64, ok bool) {
-	c := &http.Client{Timeout: 2 * time.Second}
-	resp, err := c.Get(url)
-	if err != nil {
-		return 0, false
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return 0, false
-	}
-	sc := bufio.NewScanner(resp.Body)
-	sc.Buffer(make([]byte, 64<<10), 1<<20)
-	for sc.Scan() {
-		line := sc.Text()
-		if strings.HasPrefix(line, "#") {
-			continue
-		}
-		rest, found := strings.CutPrefix(line, name)
-		if !found || rest == "" || (rest[0] != ' ' && rest[0] != '{') {
-			continue
-		}
-		if rest[0] == '{' {
-			end := strings.LastIndexByte(rest, '}')
-			if end < 0 {
-				continue
-			}
-			rest = rest[end+1:]
-		}
-		f := strings.Fields(rest)
-		if len(f) == 0 {
-			continue
-		}
-		v, err := strconv.ParseFloat(f[0], 64)
-		if err != nil {
-			continue
-		}
-		return v, true
-	}
-	return 0, false
+// Readiness differs between the implementations, and WaitReady (a 200 from
+// /readyz) means:
+//   - isthmus server: at least one agent link is registered.
+//   - upstream server: the FIRST of --proxy-strategies has an agent (its
+//     readiness asks only the first backend manager), so with
+//     --proxy-strategies=destHost,... an agent without identifiers never
+//     makes it ready. Not ready is 500, not 503.
+//   - isthmus agent: it holds every server it expects (serverCount).
+//   - upstream agent: it holds at least ONE server (a gRPC connection in
+//     state Ready), whatever serverCount says; use WaitServers for more.
+// Both /healthz answer 200 once the process serves; upstream binds its
+// health port last, so it then also listens on the frontend and agent ports.
+
+// WaitServers waits until the agent holds n server connections, by the
+// konnectivity_network_proxy_agent_open_server_connections gauge both
+// implementations export.
+func (a *Agent) WaitServers(t testing.TB, n int) {
+	t.Helper()
+	WaitMetric(t, 30*time.Second, a.MetricsURL(), "konnectivity_network_proxy_agent_open_server_connections", float64(n))
 }
 
 // MetricsURL is the agent's /metrics on its health port (both
