@@ -261,8 +261,42 @@ func (e *ConnectError) Error() string {
 // DialConnect opens a tunnel through an HTTP CONNECT frontend the way
 // kube-apiserver's egress dialer does: a new connection per dial, the exact
 // request line, 200 required, and no byte may follow the header in the
-// first read.
+// first read (kube-apiserver only tunnels protocols where the client speaks
+// first: TLS and HTTP).
 func (s *Server) DialConnect(ctx context.Context, target string) (net.Conn, error) {
+	c, br, err := s.connect(ctx, target)
+	if err != nil {
+		return nil, err
+	}
+	if br.Buffered() > 0 {
+		c.Close()
+		return nil, errors.New("bytes buffered after the CONNECT response header")
+	}
+	return c, nil
+}
+
+// DialConnectServerFirst is DialConnect for backends that speak first:
+// their first bytes may share a read with the 200 header, and are kept.
+func (s *Server) DialConnectServerFirst(ctx context.Context, target string) (net.Conn, error) {
+	c, br, err := s.connect(ctx, target)
+	if err != nil {
+		return nil, err
+	}
+	if br.Buffered() > 0 {
+		return &bufferedConn{Conn: c, r: br}, nil
+	}
+	return c, nil
+}
+
+// bufferedConn reads what its bufio.Reader holds before the connection.
+type bufferedConn struct {
+	net.Conn
+	r *bufio.Reader
+}
+
+func (b *bufferedConn) Read(p []byte) (int, error) { return b.r.Read(p) }
+
+func (s *Server) connect(ctx context.Context, target string) (net.Conn, *bufio.Reader, error) {
 	var c net.Conn
 	var err error
 	var d net.Dialer
@@ -271,12 +305,12 @@ func (s *Server) DialConnect(ctx context.Context, target string) (net.Conn, erro
 	} else {
 		var cfg *tls.Config
 		if cfg, err = ClientTLS(s.PKI); err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 		c, err = (&tls.Dialer{NetDialer: &d, Config: cfg}).DialContext(ctx, "tcp", s.Frontend)
 	}
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	if dl, ok := ctx.Deadline(); ok {
 		_ = c.SetDeadline(dl)
@@ -285,25 +319,21 @@ func (s *Server) DialConnect(ctx context.Context, target string) (net.Conn, erro
 	defer stop()
 	if _, err := fmt.Fprintf(c, "CONNECT %s HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n", target); err != nil {
 		c.Close()
-		return nil, err
+		return nil, nil, err
 	}
 	br := bufio.NewReader(c)
 	resp, err := http.ReadResponse(br, &http.Request{Method: http.MethodConnect})
 	if err != nil {
 		c.Close()
-		return nil, fmt.Errorf("read CONNECT response: %w", err)
+		return nil, nil, fmt.Errorf("read CONNECT response: %w", err)
 	}
 	if resp.StatusCode != http.StatusOK {
 		line, _ := bufio.NewReader(resp.Body).ReadString('\n')
 		c.Close()
-		return nil, &ConnectError{Status: resp.StatusCode, Line: line}
-	}
-	if br.Buffered() > 0 {
-		c.Close()
-		return nil, errors.New("bytes buffered after the CONNECT response header")
+		return nil, nil, &ConnectError{Status: resp.StatusCode, Line: line}
 	}
 	_ = c.SetDeadline(time.Time{})
-	return c, nil
+	return c, br, nil
 }
 
 // grpcOpts are the dial options of a konnectivity-client to s.
