@@ -67,6 +67,7 @@ func BenchmarkTunnel(b *testing.B) {
 
 	type result struct {
 		up, down   []float64 // MB/s
+		cuts       []string  // transfers that failed, and why
 		cpuPerGiB  []float64 // server+agent CPU seconds per GiB moved up
 		dialLat    []time.Duration
 		dialErrors int
@@ -75,20 +76,23 @@ func BenchmarkTunnel(b *testing.B) {
 	ctx := context.Background()
 	for r := range rounds {
 		for i, p := range paths {
+			// A transfer that fails is reported, not fatal: on the ANP
+			// wire a connection whose reader falls too far behind is cut.
 			cpu0 := cpuSeconds(p.procs)
 			up, err := transfer(ctx, p, backend.Addr(), 'W')
 			if err != nil {
-				b.Fatalf("%s: client->backend: %v", p.name, err)
+				res[i].cuts = append(res[i].cuts, fmt.Sprintf("round %d client->backend: %v", r+1, err))
+			} else {
+				res[i].up = append(res[i].up, up)
+				if p.procs != nil {
+					res[i].cpuPerGiB = append(res[i].cpuPerGiB, (cpuSeconds(p.procs)-cpu0)/(float64(transferBytes)/(1<<30)))
+				}
 			}
-			cpu := cpuSeconds(p.procs) - cpu0
 			down, err := transfer(ctx, p, backend.Addr(), 'R')
 			if err != nil {
-				b.Fatalf("%s: backend->client: %v", p.name, err)
-			}
-			res[i].up = append(res[i].up, up)
-			res[i].down = append(res[i].down, down)
-			if p.procs != nil {
-				res[i].cpuPerGiB = append(res[i].cpuPerGiB, cpu/(float64(transferBytes)/(1<<30)))
+				res[i].cuts = append(res[i].cuts, fmt.Sprintf("round %d backend->client: %v", r+1, err))
+			} else {
+				res[i].down = append(res[i].down, down)
 			}
 			b.Logf("round %d %s: up %.0f MB/s down %.0f MB/s", r+1, p.name, up, down)
 		}
@@ -110,18 +114,23 @@ func BenchmarkTunnel(b *testing.B) {
 	direct := res[0]
 	var sb strings.Builder
 	tw := tabwriter.NewWriter(&sb, 2, 4, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintf(tw, "path\tclient->backend MB/s\tvs direct\tbackend->client MB/s\tvs direct\tCPU s/GiB (server+agent)\tdial p50\tdial p99\tdial errors\t\n")
+	fmt.Fprintf(tw, "path\tclient->backend MB/s\tvs direct\tbackend->client MB/s\tvs direct\tCPU s/GiB (server+agent)\tdial p50\tdial p99\tdial errors\tfailed transfers\t\n")
 	for i, p := range paths {
 		r := res[i]
 		cpu := "-"
 		if len(r.cpuPerGiB) > 0 {
 			cpu = fmt.Sprintf("%.2f", median(r.cpuPerGiB))
 		}
-		fmt.Fprintf(tw, "%s\t%.0f\t%.3f\t%.0f\t%.3f\t%s\t%v\t%v\t%d\t\n", p.name,
+		fmt.Fprintf(tw, "%s\t%.0f\t%.3f\t%.0f\t%.3f\t%s\t%v\t%v\t%d\t%d\t\n", p.name,
 			median(r.up), median(r.up)/median(direct.up), median(r.down), median(r.down)/median(direct.down), cpu,
-			pct(r.dialLat, 50), pct(r.dialLat, 99), r.dialErrors)
+			pct(r.dialLat, 50), pct(r.dialLat, 99), r.dialErrors, len(r.cuts))
 	}
 	tw.Flush()
+	for i, p := range paths {
+		for _, c := range res[i].cuts {
+			fmt.Fprintf(&sb, "FAILED TRANSFER %s, %s\n", p.name, c)
+		}
+	}
 	fmt.Printf("\nOne connection, %d MiB each way, median of %d interleaved rounds; dial-to-first-byte over %d dials each (2 cores, race detector off):\n\n%s\n",
 		transferBytes>>20, rounds, dials, sb.String())
 	b.ReportMetric(median(res[1].up)/median(direct.up), "isthmus-connect-up/direct")
@@ -140,7 +149,7 @@ func serveBench(c net.Conn) {
 	n := int64(binary.BigEndian.Uint64(hdr[1:]))
 	switch hdr[0] {
 	case 'W':
-		if _, err := io.CopyN(io.Discard, c, n); err != nil {
+		if err := discard(c, n, make([]byte, 256<<10)); err != nil {
 			return
 		}
 		_, _ = c.Write([]byte{'.'})
@@ -192,11 +201,24 @@ func transfer(ctx context.Context, p *path, addr string, dir byte) (float64, err
 			return 0, fmt.Errorf("ack: %w", err)
 		}
 	case 'R':
-		if _, err := io.CopyBuffer(io.Discard, io.LimitReader(c, int64(transferBytes)), buf); err != nil {
+		if err := discard(c, int64(transferBytes), buf); err != nil {
 			return 0, err
 		}
 	}
 	return float64(transferBytes) / time.Since(start).Seconds() / 1e6, nil
+}
+
+// discard reads exactly n bytes with buf (io.Discard's ReadFrom would read
+// in 8 KiB steps and make the direct baseline look slow).
+func discard(r io.Reader, n int64, buf []byte) error {
+	for n > 0 {
+		k, err := r.Read(buf[:min(int64(len(buf)), n)])
+		n -= int64(k)
+		if err != nil && n > 0 {
+			return err
+		}
+	}
+	return nil
 }
 
 // dialFirstByte is the time from dial start to the backend's first byte

@@ -34,6 +34,8 @@ type Config struct {
 
 	DialTimeout time.Duration // backend dial bound (default 10 s)
 	QueueBytes  int           // per-connection receive queue (default 16 MiB)
+	// StallTimeout: a full queue whose backend takes nothing this long is closed (default 50 ms).
+	StallTimeout time.Duration
 
 	HealthHost      string // empty = all interfaces
 	HealthPort      int    // /healthz, /readyz, /metrics (default 8093); 0 = off
@@ -59,6 +61,7 @@ func DefaultConfig() Config {
 		KeepaliveTime:    time.Hour,
 		DialTimeout:      anp.DefaultDialTimeout,
 		QueueBytes:       anp.DefaultQueueBytes,
+		StallTimeout:     anp.DefaultStallTimeout,
 		HealthPort:       8093,
 		AdminHost:        "127.0.0.1",
 		AdminPort:        8094,
@@ -102,6 +105,9 @@ func (c *Config) Validate() error {
 	}
 	if c.DialTimeout <= 0 {
 		bad("--backend-dial-timeout %v: want > 0", c.DialTimeout)
+	}
+	if c.StallTimeout <= 0 {
+		bad("--conn-stall-timeout %v: want > 0", c.StallTimeout)
 	}
 	if c.QueueBytes < 64<<10 {
 		bad("--conn-queue-bytes %d: want at least 65536", c.QueueBytes)

@@ -73,11 +73,12 @@ func (a *Agent) connect(ctx context.Context, host string) (*pendingLink, int, er
 		return fail(err)
 	}
 	l := anp.NewAgentLink(stream, a.dial, anp.AgentOptions{
-		Log:         a.log.With("server", id),
-		QueueBytes:  a.cfg.QueueBytes,
-		DialTimeout: a.cfg.DialTimeout,
-		OnSplice:    a.metrics.onSplice,
-		OnDial:      a.metrics.onDial,
+		Log:          a.log.With("server", id),
+		QueueBytes:   a.cfg.QueueBytes,
+		StallTimeout: a.cfg.StallTimeout,
+		DialTimeout:  a.cfg.DialTimeout,
+		OnSplice:     a.metrics.onSplice,
+		OnDial:       a.metrics.onDial,
 	})
 	return &pendingLink{held: &heldLink{serverID: id, host: host, l: l}, cc: cc, ctx: lctx, cancel: cancel}, count, nil
 }

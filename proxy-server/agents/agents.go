@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"strconv"
 	"strings"
+	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -33,7 +34,9 @@ type Server struct {
 	Registry    *routing.Registry
 	Auth        Authenticator // nil: no token auth
 	QueueBytes  int           // per-connection receive queue; 0 = default
-	Log         *slog.Logger
+	// StallTimeout: a full queue whose reader takes nothing this long is closed; 0 = default.
+	StallTimeout time.Duration
+	Log          *slog.Logger
 	// OnLink, if set, is called when a link starts (+1) and ends (-1).
 	OnLink func(delta int)
 }
@@ -61,7 +64,7 @@ func (s *Server) Connect(stream grpc.BidiStreamingServer[client.Packet, client.P
 	if err := stream.SendHeader(hdr); err != nil {
 		return fmt.Errorf("agent %s: send headers: %w", agentID, err)
 	}
-	l := anp.NewServerLink(stream, anp.ServerOptions{AgentID: agentID, Log: log, QueueBytes: s.QueueBytes})
+	l := anp.NewServerLink(stream, anp.ServerOptions{AgentID: agentID, Log: log, QueueBytes: s.QueueBytes, StallTimeout: s.StallTimeout})
 	b := &routing.Backend{AgentID: agentID, Ident: idents, Link: l}
 	s.Registry.Add(b)
 	if s.OnLink != nil {

@@ -55,6 +55,7 @@ type Config struct {
 	KeepaliveTime           time.Duration // gRPC keepalive on the agent port (default 1 h)
 	FrontendKeepaliveTime   time.Duration // gRPC keepalive on the frontend (default 1 h)
 	QueueBytes              int           // per-connection receive queue on ANP links (default 16 MiB)
+	StallTimeout            time.Duration // a full queue whose reader takes nothing this long is closed (default 50 ms)
 	TLSMinVersion           string        // VersionTLS12 (default) or VersionTLS13
 	CipherSuites            []string      // TLS 1.2 cipher suites by Go name; empty = Go's defaults
 }
@@ -80,6 +81,7 @@ func DefaultConfig() Config {
 		KeepaliveTime:         time.Hour,
 		FrontendKeepaliveTime: time.Hour,
 		QueueBytes:            anp.DefaultQueueBytes,
+		StallTimeout:          anp.DefaultStallTimeout,
 	}
 }
 
@@ -126,6 +128,9 @@ func (c *Config) Validate() error {
 	}
 	if c.BackendDialTimeout < 0 || c.GracefulShutdownTimeout < 0 {
 		bad("--backend-dial-timeout and --graceful-shutdown-timeout must not be negative")
+	}
+	if c.StallTimeout <= 0 {
+		bad("--conn-stall-timeout %v: want > 0", c.StallTimeout)
 	}
 	if c.QueueBytes < 64<<10 {
 		bad("--conn-queue-bytes %d: want at least 65536", c.QueueBytes)

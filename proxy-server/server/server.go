@@ -178,7 +178,7 @@ func (s *Server) Run(ctx context.Context) error {
 	)
 	(&agents.Server{
 		ServerID: c.ServerID, ServerCount: c.ServerCount, Registry: s.registry,
-		QueueBytes: c.QueueBytes, Log: s.log.With("component", "agents"),
+		QueueBytes: c.QueueBytes, StallTimeout: c.StallTimeout, Log: s.log.With("component", "agents"),
 		OnLink: func(d int) { s.metrics.agentLinks.Add(float64(d)) },
 	}).Register(agentSrv)
 	goServe("agent", func() error { return ignoreClosed(agentSrv.Serve(ls.agent)) })

@@ -18,9 +18,12 @@ const DefaultDialTimeout = 10 * time.Second
 
 // AgentOptions configure an AgentLink. Zero values take the defaults.
 type AgentOptions struct {
-	Log         *slog.Logger
-	QueueBytes  int           // per-connection receive queue; 0 = DefaultQueueBytes
-	DialTimeout time.Duration // 0 = DefaultDialTimeout
+	Log        *slog.Logger
+	QueueBytes int // per-connection receive queue; 0 = DefaultQueueBytes
+	// StallTimeout: how long a full queue's reader may take no data before
+	// its connection is closed; 0 = DefaultStallTimeout, negative = at once.
+	StallTimeout time.Duration
+	DialTimeout  time.Duration // 0 = DefaultDialTimeout
 	// OnSplice, if set, is told the bytes moved when a connection ends.
 	OnSplice func(address string, r splice.Result)
 	// OnDial, if set, observes every backend dial: its reason ("" on
@@ -48,7 +51,7 @@ func NewAgentLink(s Stream, dial link.DialFunc, o AgentOptions) *AgentLink {
 		o.DialTimeout = DefaultDialTimeout
 	}
 	return &AgentLink{
-		ep:    newEndpoint(s, o.Log, o.QueueBytes, func(id int64) *client.Packet { return closeRsp(id, "") }),
+		ep:    newEndpoint(s, o.Log, o.QueueBytes, o.StallTimeout, func(id int64) *client.Packet { return closeRsp(id, "") }),
 		dial:  dial,
 		opts:  o,
 		dials: make(map[int64]context.CancelFunc),

@@ -6,6 +6,7 @@ import (
 	"io"
 	"log/slog"
 	"sync"
+	"time"
 
 	"sigs.k8s.io/apiserver-network-proxy/konnectivity-client/proto/client"
 
@@ -15,12 +16,20 @@ import (
 // DefaultQueueBytes is the default per-connection receive queue.
 const DefaultQueueBytes = 16 << 20
 
+// DefaultStallTimeout is how long the link's reader waits for a full
+// connection's reader to take data before it closes that connection. The
+// ANP wire has no flow control: a reader slower than its sender throttles
+// the whole link (as upstream does), but a reader that stops for longer than
+// this is cut, so the other connections of the link wait at most this long.
+const DefaultStallTimeout = 50 * time.Millisecond
+
 // endpoint is what the server and agent sides of an ANP link share: the
 // stream, the send lock, the live connections and the control sender.
 type endpoint struct {
 	stream     Stream
 	log        *slog.Logger
 	queueLimit int
+	stall      time.Duration
 	// closePacket is what this side sends when it closes a connection first.
 	closePacket func(id int64) *client.Packet
 
@@ -34,9 +43,12 @@ type endpoint struct {
 	done    chan struct{}
 }
 
-func newEndpoint(s Stream, log *slog.Logger, queueLimit int, closePacket func(int64) *client.Packet) *endpoint {
+func newEndpoint(s Stream, log *slog.Logger, queueLimit int, stall time.Duration, closePacket func(int64) *client.Packet) *endpoint {
 	if queueLimit <= 0 {
 		queueLimit = DefaultQueueBytes
+	}
+	if stall == 0 {
+		stall = DefaultStallTimeout
 	}
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
@@ -45,6 +57,7 @@ func newEndpoint(s Stream, log *slog.Logger, queueLimit int, closePacket func(in
 		stream:      s,
 		log:         log,
 		queueLimit:  queueLimit,
+		stall:       stall,
 		closePacket: closePacket,
 		conns:       make(map[int64]*conn),
 		ctrlSig:     make(chan struct{}, 1),
@@ -147,17 +160,18 @@ func (e *endpoint) release(c *conn, tell bool) {
 	}
 }
 
-// deliver hands DATA to its connection. A full queue closes that connection
-// alone; data for unknown ids (already closed) is dropped.
+// deliver hands DATA to its connection. When the connection's reader
+// stalls with its queue full, that connection alone is closed; data for
+// unknown ids (already closed) is dropped.
 func (e *endpoint) deliver(id int64, b []byte) (known bool) {
 	c := e.get(id)
 	if c == nil {
 		return false
 	}
-	if !c.q.push(b) {
-		e.log.Warn("closing connection: receive queue full (the reader is too slow; the ANP wire has no flow control)",
-			"conn", id, "queueBytes", e.queueLimit)
-		c.closeRemote(fmt.Errorf("connection %d: %w (%d bytes)", id, link.ErrQueueOverflow, e.queueLimit))
+	if !c.q.push(b, e.stall, e.done) {
+		e.log.Warn("closing connection: its reader stalled with a full receive queue (the ANP wire has no flow control)",
+			"conn", id, "queueBytes", e.queueLimit, "stall", e.stall)
+		c.closeRemote(fmt.Errorf("connection %d: %w (%d bytes queued, reader stalled %v)", id, link.ErrQueueOverflow, e.queueLimit, e.stall))
 		e.release(c, true)
 	}
 	return true

@@ -331,3 +331,31 @@ func TestLinkEndFailsConnections(t *testing.T) {
 		t.Fatalf("dial on a dead link: %v, want reason link_closed", err)
 	}
 }
+
+// A reader slower than its sender, but reading, is throttled, not cut:
+// every byte arrives through a queue far smaller than the stream.
+func TestSlowReaderIsThrottledNotCut(t *testing.T) {
+	addr, _ := echoServer(t)
+	p := newPair(t, ServerOptions{QueueBytes: 64 << 10}, AgentOptions{}, loopbackDial)
+	c, err := p.server.Dial(dialCtx(t), addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	const total = 2 << 20
+	msg := bytes.Repeat([]byte("slow reader "), total/12)
+	go func() { _, _ = c.Write(msg) }()
+	got := make([]byte, 0, len(msg))
+	buf := make([]byte, 16<<10)
+	for len(got) < len(msg) {
+		n, err := c.Read(buf)
+		if err != nil {
+			t.Fatalf("after %d of %d bytes: %v", len(got), len(msg), err)
+		}
+		got = append(got, buf[:n]...)
+		time.Sleep(time.Millisecond) // slower than the echo, never stalled
+	}
+	if !bytes.Equal(got, msg) {
+		t.Fatal("data differs")
+	}
+}

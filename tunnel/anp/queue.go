@@ -17,11 +17,19 @@ type queue struct {
 	limit    int
 	err      error // set once: io.EOF, net.ErrClosed, or why the conn died
 	deadline time.Time
-	wake     chan struct{} // capacity 1: "something changed"
+	wake     chan struct{} // capacity 1: "something changed" (for the reader)
+	space    chan struct{} // capacity 1: "the reader took data, or the queue ended" (for the pusher)
 }
 
 func newQueue(limit int) *queue {
-	return &queue{limit: limit, wake: make(chan struct{}, 1)}
+	return &queue{limit: limit, wake: make(chan struct{}, 1), space: make(chan struct{}, 1)}
+}
+
+func (q *queue) signalSpace() {
+	select {
+	case q.space <- struct{}{}:
+	default:
+	}
 }
 
 func (q *queue) signal() {
@@ -31,24 +39,52 @@ func (q *queue) signal() {
 	}
 }
 
-// push queues b. It reports false when b does not fit under the limit; the
-// caller then closes the connection. Data for a closed queue is dropped.
-func (q *queue) push(b []byte) bool {
+// push queues b. When b does not fit under the limit, push waits for the
+// reader to take data, for as long as the reader keeps taking some at least
+// every stall; it reports false when the reader stalled that long (the
+// caller then closes the connection), and true once b is queued, or dropped
+// because the queue ended or done closed. A queue that is empty takes b
+// whatever its size.
+func (q *queue) push(b []byte, stall time.Duration, done <-chan struct{}) bool {
 	if len(b) == 0 {
 		return true
 	}
-	q.mu.Lock()
-	defer q.mu.Unlock()
-	if q.err != nil {
-		return true
+	var timer *time.Timer
+	defer func() {
+		if timer != nil {
+			timer.Stop()
+		}
+	}()
+	for {
+		q.mu.Lock()
+		if q.err != nil {
+			q.mu.Unlock()
+			return true
+		}
+		if q.n == 0 || q.n+len(b) <= q.limit {
+			q.bufs = append(q.bufs, b)
+			q.n += len(b)
+			q.mu.Unlock()
+			q.signal()
+			return true
+		}
+		q.mu.Unlock()
+		if stall <= 0 {
+			return false
+		}
+		if timer == nil {
+			timer = time.NewTimer(stall)
+		} else {
+			timer.Reset(stall)
+		}
+		select {
+		case <-q.space: // progress: try again, with a fresh stall bound
+		case <-timer.C:
+			return false
+		case <-done:
+			return true
+		}
 	}
-	if q.n+len(b) > q.limit {
-		return false
-	}
-	q.bufs = append(q.bufs, b)
-	q.n += len(b)
-	q.signal()
-	return true
 }
 
 // fail ends the queue: readers get err once the queued data is read (io.EOF)
@@ -63,6 +99,7 @@ func (q *queue) fail(err error) {
 	}
 	q.mu.Unlock()
 	q.signal()
+	q.signalSpace()
 }
 
 func (q *queue) setDeadline(t time.Time) {
@@ -101,6 +138,7 @@ func (q *queue) read(p []byte) (int, error) {
 				q.bufs = nil // let the backing array go
 			}
 			q.mu.Unlock()
+			q.signalSpace()
 			return n, nil
 		}
 		if q.err != nil {

@@ -9,6 +9,7 @@ import (
 	"net"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"sigs.k8s.io/apiserver-network-proxy/konnectivity-client/proto/client"
 
@@ -36,12 +37,15 @@ type ServerOptions struct {
 	AgentID    string
 	Log        *slog.Logger
 	QueueBytes int // per-connection receive queue; 0 = DefaultQueueBytes
+	// StallTimeout: how long a full queue's reader may take no data before
+	// its connection is closed; 0 = DefaultStallTimeout, negative = at once.
+	StallTimeout time.Duration
 }
 
 // NewServerLink wraps an accepted agent stream. Call Run to serve it.
 func NewServerLink(s Stream, o ServerOptions) *ServerLink {
 	return &ServerLink{
-		ep:      newEndpoint(s, o.Log, o.QueueBytes, func(id int64) *client.Packet { return closeReq(id) }),
+		ep:      newEndpoint(s, o.Log, o.QueueBytes, o.StallTimeout, func(id int64) *client.Packet { return closeReq(id) }),
 		agentID: o.AgentID,
 		pending: make(map[int64]chan dialResult),
 	}
