@@ -59,12 +59,12 @@ func xferEachFrontend(t *testing.T, transports []string, extra func(mode, transp
 
 // xferBigQueue are the flags for the 100 MiB runs. The ANP agent wire has no
 // flow control: a proxy queues what one side sends until the other side takes
-// it, and closes the connection when its queue (--conn-queue-bytes, 16 MiB by
-// default) overflows. Whether a 100 MiB stream overflows the default depends
-// only on whether this test's client (race-built, on a shared 2-core machine)
-// reads as fast as the agent sends, which is a race, not a behaviour; queues
-// larger than the stream make these tests about the bytes. The overflow
-// itself is tested by TestDataSlowReader.
+// it; once a connection's queue (--conn-queue-bytes, 16 MiB) is full, the
+// link waits for that reader, and cuts the connection if the reader takes
+// nothing for --conn-stall-timeout (50 ms). A race-built client on a shared
+// 2-core machine can pause that long, which is scheduling, not behaviour;
+// queues larger than the stream make these tests about the bytes. Throttling
+// and the cut are tested by TestDataSlowReader and the tunnel's unit tests.
 func xferBigQueue(on map[string]string) func(mode, transport string) []string {
 	return func(mode, transport string) []string {
 		if on[mode] != transport {
