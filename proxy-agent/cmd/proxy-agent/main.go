@@ -16,7 +16,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"isthmus.dev/proxy-agent/agent"
-	"isthmus.dev/tunnel/logflags"
+	"isthmus.dev/tunnel/flagcompat"
 )
 
 const usage = `proxy-agent: the isthmus tunnel agent, a drop-in for Konnectivity's proxy-agent.
@@ -49,7 +49,7 @@ func main() {
 }
 
 // refused are ANP flags isthmus does not support yet.
-var refused = map[string]string{
+var refused = flagcompat.Refused{
 	"count-server-leases":         "counting servers by Lease is not supported yet; servers report their count",
 	"lease-namespace":             "counting servers by Lease is not supported yet",
 	"lease-label":                 "counting servers by Lease is not supported yet",
@@ -59,14 +59,11 @@ var refused = map[string]string{
 	"enable-contention-profiling": "contention profiling is not offered; --enable-profiling serves the other pprof profiles",
 }
 
-// boolFlags are the refused flags that are booleans upstream.
-var boolFlags = map[string]bool{"enable-lease-controller": true, "enable-contention-profiling": true, "count-server-leases": true}
-
 func run(args []string) error {
 	cfg := agent.DefaultConfig()
 	var (
 		hosts   string
-		logOpts logflags.Options
+		logOpts flagcompat.Options
 	)
 	fs := pflag.NewFlagSet("proxy-agent", pflag.ContinueOnError)
 	fs.Usage = func() { fmt.Fprint(os.Stderr, usage, fs.FlagUsages()) }
@@ -95,26 +92,9 @@ func run(args []string) error {
 	fs.DurationVar(&cfg.GracefulShutdownTimeout, "graceful-shutdown-timeout", 0, "after SIGTERM and DRAIN, wait at most this long for open connections (0: until they end)")
 	fs.Int("xfr-channel-size", 150, "accepted for ANP compatibility; isthmus bounds queues in bytes (--conn-queue-bytes)")
 	fs.Bool("warn-on-channel-limit", false, "accepted for ANP compatibility; no effect")
-	for name, why := range refused {
-		fs.String(name, "", "not supported yet: "+why)
-		_ = fs.MarkHidden(name)
-		if boolFlags[name] {
-			fs.Lookup(name).NoOptDefVal = "true" // ANP's boolean flags work bare
-		}
-	}
-	logflags.Register(fs, &logOpts)
-	if err := fs.Parse(args); err != nil {
-		return err
-	}
-	if fs.NArg() > 0 {
-		return fmt.Errorf("unexpected arguments %q (all options are --flags)", fs.Args())
-	}
-	for name, why := range refused {
-		if fs.Changed(name) {
-			return fmt.Errorf("--%s: %s", name, why)
-		}
-	}
-	if err := logflags.Check(fs); err != nil {
+	refused.Register(fs, "enable-lease-controller", "enable-contention-profiling", "count-server-leases")
+	flagcompat.Register(fs, &logOpts)
+	if err := refused.Parse(fs, args); err != nil {
 		return err
 	}
 	cfg.ProxyServerHosts = nil

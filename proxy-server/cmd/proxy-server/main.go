@@ -16,7 +16,7 @@ import (
 
 	"isthmus.dev/proxy-server/routing"
 	"isthmus.dev/proxy-server/server"
-	"isthmus.dev/tunnel/logflags"
+	"isthmus.dev/tunnel/flagcompat"
 )
 
 const usage = `proxy-server: the isthmus tunnel server, a drop-in for Konnectivity's proxy-server.
@@ -47,7 +47,7 @@ func main() {
 
 // refused are ANP flags isthmus does not support yet: set, they stop the
 // start with a reason rather than being silently ignored.
-var refused = map[string]string{
+var refused = flagcompat.Refused{
 	"agent-namespace":             "agent token authentication (TokenReview) is not supported yet",
 	"agent-service-account":       "agent token authentication (TokenReview) is not supported yet",
 	"authentication-audience":     "agent token authentication (TokenReview) is not supported yet",
@@ -61,14 +61,11 @@ var refused = map[string]string{
 	"enable-contention-profiling": "contention profiling is not offered; --enable-profiling serves the other pprof profiles",
 }
 
-// boolFlags are the refused flags that are booleans upstream.
-var boolFlags = map[string]bool{"enable-lease-controller": true, "enable-contention-profiling": true, "count-server-leases": true}
-
 func run(args []string) error {
 	cfg := server.DefaultConfig()
 	var (
 		strategies string
-		logOpts    logflags.Options
+		logOpts    flagcompat.Options
 	)
 	fs := pflag.NewFlagSet("proxy-server", pflag.ContinueOnError)
 	fs.Usage = func() { fmt.Fprint(os.Stderr, usage, fs.FlagUsages()) }
@@ -104,26 +101,9 @@ func run(args []string) error {
 	fs.Int("xfr-channel-size", 10, "accepted for ANP compatibility; isthmus bounds queues in bytes (--conn-queue-bytes)")
 	fs.Bool("warn-on-channel-limit", true, "accepted for ANP compatibility (deprecated upstream); no effect")
 	_ = fs.MarkDeprecated("warn-on-channel-limit", "it has no effect")
-	for name, why := range refused {
-		fs.String(name, "", "not supported yet: "+why)
-		_ = fs.MarkHidden(name)
-		if boolFlags[name] {
-			fs.Lookup(name).NoOptDefVal = "true" // ANP's boolean flags work bare
-		}
-	}
-	logflags.Register(fs, &logOpts)
-	if err := fs.Parse(args); err != nil {
-		return err
-	}
-	if fs.NArg() > 0 {
-		return fmt.Errorf("unexpected arguments %q (all options are --flags)", fs.Args())
-	}
-	for name, why := range refused {
-		if fs.Changed(name) {
-			return fmt.Errorf("--%s: %s", name, why)
-		}
-	}
-	if err := logflags.Check(fs); err != nil {
+	refused.Register(fs, "enable-lease-controller", "enable-contention-profiling", "count-server-leases")
+	flagcompat.Register(fs, &logOpts)
+	if err := refused.Parse(fs, args); err != nil {
 		return err
 	}
 	var err error

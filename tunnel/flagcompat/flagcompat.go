@@ -1,8 +1,8 @@
-// Package logflags gives isthmus binaries the klog flags that ANP
-// deployments pass (-v, --logtostderr, --log-file, ...) with the same
-// meaning, on top of log/slog. Flags klog has that we do not support are
-// refused with a clear message rather than silently ignored.
-package logflags
+// Package flagcompat keeps the command lines of ANP deployments working:
+// the klog flags they pass (-v, --logtostderr, --log-file, ...) with the
+// same meaning on top of log/slog, and the refusal, with a reason, of flags
+// isthmus does not support (never silently ignored).
+package flagcompat
 
 import (
 	"fmt"
@@ -79,4 +79,39 @@ func (o Options) Logger() (*slog.Logger, io.Closer, error) {
 		h = slog.NewJSONHandler(w, ho)
 	}
 	return slog.New(h), closer, nil
+}
+
+// Refused are flags accepted by upstream that isthmus refuses when set:
+// name -> the reason given to the user.
+type Refused map[string]string
+
+// Register adds the refused flags to fs, hidden from --help. Names in
+// bools are booleans upstream and work bare (--name).
+func (r Refused) Register(fs *pflag.FlagSet, bools ...string) {
+	for name, why := range r {
+		fs.String(name, "", "not supported yet: "+why)
+		_ = fs.MarkHidden(name)
+	}
+	for _, name := range bools {
+		if f := fs.Lookup(name); f != nil {
+			f.NoOptDefVal = "true"
+		}
+	}
+}
+
+// Parse parses args into fs, then refuses positional arguments, refused
+// flags that were set and unsupported klog flags.
+func (r Refused) Parse(fs *pflag.FlagSet, args []string) error {
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	for name, why := range r {
+		if fs.Changed(name) {
+			return fmt.Errorf("--%s: %s", name, why)
+		}
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("unexpected arguments %q (all options are --flags)", fs.Args())
+	}
+	return Check(fs)
 }
