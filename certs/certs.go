@@ -36,17 +36,8 @@ func NewCA(commonName string, validity time.Duration) (*CA, error) {
 	if validity <= 0 {
 		validity = 10 * DefaultValidity
 	}
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		return nil, fmt.Errorf("generate CA key: %w", err)
-	}
-	serial, err := serialNumber()
-	if err != nil {
-		return nil, err
-	}
 	now := time.Now()
 	tmpl := &x509.Certificate{
-		SerialNumber:          serial,
 		Subject:               pkix.Name{CommonName: commonName},
 		NotBefore:             now.Add(-time.Minute),
 		NotAfter:              now.Add(validity),
@@ -55,19 +46,39 @@ func NewCA(commonName string, validity time.Duration) (*CA, error) {
 		IsCA:                  true,
 		MaxPathLenZero:        true,
 	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, key.Public(), key)
+	p, key, err := create(tmpl, nil, nil)
 	if err != nil {
-		return nil, fmt.Errorf("create CA certificate: %w", err)
+		return nil, fmt.Errorf("create CA: %w", err)
+	}
+	return &CA{Cert: p.Cert, Key: key, CertPEM: p.CertPEM, KeyPEM: p.KeyPEM}, nil
+}
+
+// create makes a key and a certificate from tmpl, signed by parent's key
+// (self-signed when parent is nil).
+func create(tmpl, parent *x509.Certificate, parentKey crypto.Signer) (*Pair, crypto.Signer, error) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, nil, fmt.Errorf("generate key: %w", err)
+	}
+	if tmpl.SerialNumber, err = serialNumber(); err != nil {
+		return nil, nil, err
+	}
+	if parent == nil {
+		parent, parentKey = tmpl, key
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, parent, key.Public(), parentKey)
+	if err != nil {
+		return nil, nil, err
 	}
 	cert, err := x509.ParseCertificate(der)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	keyPEM, err := encodeKey(key)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	return &CA{Cert: cert, Key: key, CertPEM: pemBlock("CERTIFICATE", der), KeyPEM: keyPEM}, nil
+	return &Pair{Cert: cert, CertPEM: pemBlock("CERTIFICATE", der), KeyPEM: keyPEM}, key, nil
 }
 
 // LoadCA reads a CA's certificate and key from PEM files.
@@ -80,11 +91,7 @@ func LoadCA(certFile, keyFile string) (*CA, error) {
 	if err != nil {
 		return nil, fmt.Errorf("read CA key: %w", err)
 	}
-	cb, _ := pem.Decode(certPEM)
-	if cb == nil || cb.Type != "CERTIFICATE" {
-		return nil, fmt.Errorf("%s: no PEM certificate", certFile)
-	}
-	cert, err := x509.ParseCertificate(cb.Bytes)
+	cert, err := parseCertPEM(certPEM)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", certFile, err)
 	}
@@ -129,23 +136,14 @@ func (ca *CA) Issue(r Request) (*Pair, error) {
 	if r.Validity <= 0 {
 		r.Validity = DefaultValidity
 	}
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		return nil, fmt.Errorf("generate key: %w", err)
-	}
-	serial, err := serialNumber()
-	if err != nil {
-		return nil, err
-	}
 	now := time.Now()
 	tmpl := &x509.Certificate{
-		SerialNumber: serial,
-		Subject:      pkix.Name{CommonName: r.CommonName, Organization: r.Organization},
-		NotBefore:    now.Add(-time.Minute),
-		NotAfter:     now.Add(r.Validity),
-		KeyUsage:     x509.KeyUsageDigitalSignature,
-		DNSNames:     r.DNSNames,
-		IPAddresses:  r.IPs,
+		Subject:     pkix.Name{CommonName: r.CommonName, Organization: r.Organization},
+		NotBefore:   now.Add(-time.Minute),
+		NotAfter:    now.Add(r.Validity),
+		KeyUsage:    x509.KeyUsageDigitalSignature,
+		DNSNames:    r.DNSNames,
+		IPAddresses: r.IPs,
 	}
 	if r.Server {
 		tmpl.ExtKeyUsage = append(tmpl.ExtKeyUsage, x509.ExtKeyUsageServerAuth)
@@ -153,19 +151,11 @@ func (ca *CA) Issue(r Request) (*Pair, error) {
 	if r.Client {
 		tmpl.ExtKeyUsage = append(tmpl.ExtKeyUsage, x509.ExtKeyUsageClientAuth)
 	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.Cert, key.Public(), ca.Key)
+	p, _, err := create(tmpl, ca.Cert, ca.Key)
 	if err != nil {
 		return nil, fmt.Errorf("issue %q: %w", r.CommonName, err)
 	}
-	cert, err := x509.ParseCertificate(der)
-	if err != nil {
-		return nil, err
-	}
-	keyPEM, err := encodeKey(key)
-	if err != nil {
-		return nil, err
-	}
-	return &Pair{Cert: cert, CertPEM: pemBlock("CERTIFICATE", der), KeyPEM: keyPEM}, nil
+	return p, nil
 }
 
 // WritePair writes name.crt (0644) and name.key (0600) into dir, atomically.
@@ -211,6 +201,14 @@ func WriteFileAtomic(path string, data []byte, mode os.FileMode) error {
 		return fmt.Errorf("write %s: %w", path, err)
 	}
 	return nil
+}
+
+func parseCertPEM(b []byte) (*x509.Certificate, error) {
+	blk, _ := pem.Decode(b)
+	if blk == nil || blk.Type != "CERTIFICATE" {
+		return nil, errors.New("no PEM certificate")
+	}
+	return x509.ParseCertificate(blk.Bytes)
 }
 
 func serialNumber() (*big.Int, error) {
