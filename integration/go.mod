@@ -3,6 +3,7 @@ module isthmus.dev/integration
 go 1.26.2
 
 require (
+	go.uber.org/goleak v1.3.0
 	google.golang.org/grpc v1.85.0
 	isthmus.dev/certs v0.0.0
 	sigs.k8s.io/apiserver-network-proxy/konnectivity-client v0.37.0
@@ -50,6 +51,7 @@ require (
 	gopkg.in/evanphx/json-patch.v4 v4.13.0 // indirect
 	gopkg.in/inf.v0 v0.9.1 // indirect
 	gopkg.in/yaml.v3 v3.0.1 // indirect
+	isthmus.dev/isthmus v0.0.0
 	isthmus.dev/proxy-agent v0.0.0 // indirect
 	isthmus.dev/proxy-server v0.0.0 // indirect
 	k8s.io/api v0.36.1 // indirect
@@ -79,3 +81,5 @@ tool (
 	sigs.k8s.io/apiserver-network-proxy/cmd/agent
 	sigs.k8s.io/apiserver-network-proxy/cmd/server
 )
+
+replace isthmus.dev/isthmus => ../isthmus
