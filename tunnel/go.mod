@@ -3,6 +3,7 @@ module isthmus.dev/tunnel
 go 1.26.2
 
 require (
+	github.com/hashicorp/yamux v0.1.2
 	github.com/spf13/pflag v1.1.0
 	go.uber.org/goleak v1.3.0
 	google.golang.org/grpc v1.85.0

@@ -1,0 +1,88 @@
+package native
+
+import (
+	"errors"
+	"io"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/yamux"
+)
+
+// ErrAborted is what reads return after the peer aborted the connection.
+var ErrAborted = errors.New("native link: connection aborted by the peer")
+
+// streamConn is one tunneled connection: a yamux stream as a net.Conn with
+// TCP's half-close. Close drops the connection; if the peer may still send,
+// it is told to stop (abort), since yamux has no public reset.
+type streamConn struct {
+	*yamux.Stream
+	sess *session
+
+	mu          sync.Mutex
+	wroteFIN    bool // CloseWrite or Close sent our FIN
+	sawEOF      bool // the peer's FIN arrived
+	closed      bool
+	abortedPeer bool
+}
+
+func (c *streamConn) Read(p []byte) (int, error) {
+	n, err := c.Stream.Read(p)
+	if err != nil {
+		c.mu.Lock()
+		switch {
+		case c.abortedPeer:
+			err = ErrAborted
+		case c.closed:
+			err = net.ErrClosed
+		case errors.Is(err, io.EOF):
+			c.sawEOF = true
+		}
+		c.mu.Unlock()
+	}
+	return n, err
+}
+
+// CloseWrite sends FIN: the peer reads EOF; this side can still read.
+func (c *streamConn) CloseWrite() error {
+	c.mu.Lock()
+	if c.wroteFIN {
+		c.mu.Unlock()
+		return nil
+	}
+	c.wroteFIN = true
+	c.mu.Unlock()
+	return c.Stream.Close()
+}
+
+// Close ends both directions. Blocked reads return net.ErrClosed.
+func (c *streamConn) Close() error {
+	c.mu.Lock()
+	if c.closed {
+		c.mu.Unlock()
+		return nil
+	}
+	c.closed = true
+	fin := !c.wroteFIN
+	c.wroteFIN = true
+	abort := !c.sawEOF && !c.abortedPeer
+	c.mu.Unlock()
+	_ = c.Stream.SetReadDeadline(time.Unix(1, 0)) // wake a blocked Read
+	if fin {
+		_ = c.Stream.Close()
+	}
+	c.sess.forget(c)
+	if abort {
+		c.sess.sendAbort(c.StreamID())
+	}
+	return nil
+}
+
+// peerAborted ends the connection at the peer's request.
+func (c *streamConn) peerAborted() {
+	c.mu.Lock()
+	c.abortedPeer = true
+	c.mu.Unlock()
+	_ = c.Stream.SetReadDeadline(time.Unix(1, 0))
+}
