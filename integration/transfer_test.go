@@ -29,11 +29,11 @@ var xferTransports = []string{harness.UDS, harness.TCP}
 // xferCluster starts a proxy-server (mode, transport) and one agent, both
 // with the extra flags, and waits until both are ready. Processes end at t's
 // cleanup.
-func xferCluster(t testing.TB, mode, transport string, extra ...string) *harness.Server {
+func xferCluster(t testing.TB, mode, transport string, agentExtra []string, extra ...string) *harness.Server {
 	t.Helper()
 	pki := harness.NewPKI(t)
 	s := harness.StartServer(t, bins, pki, harness.ServerOpts{Mode: mode, Transport: transport, Extra: extra})
-	a := harness.StartAgent(t, bins, s, harness.AgentOpts{Extra: extra})
+	a := harness.StartAgent(t, bins, s, harness.AgentOpts{Extra: append(agentExtra, extra...)})
 	a.WaitReady(t)
 	s.WaitReady(t)
 	return s
@@ -43,6 +43,13 @@ func xferCluster(t testing.TB, mode, transport string, extra ...string) *harness
 // with its own server and agent; extra, if not nil, gives more flags for both.
 func xferEachFrontend(t *testing.T, transports []string, extra func(mode, transport string) []string, f func(t *testing.T, s *harness.Server)) {
 	t.Helper()
+	xferEachFrontendLink(t, nil, transports, extra, f)
+}
+
+// xferEachFrontendLink is xferEachFrontend with flags for the agent alone
+// (e.g. --link=anp).
+func xferEachFrontendLink(t *testing.T, agentFlags []string, transports []string, extra func(mode, transport string) []string, f func(t *testing.T, s *harness.Server)) {
+	t.Helper()
 	for _, mode := range []string{harness.GRPC, harness.HTTPConnect} {
 		for _, tr := range transports {
 			t.Run(mode+"/"+tr, func(t *testing.T) {
@@ -51,7 +58,7 @@ func xferEachFrontend(t *testing.T, transports []string, extra func(mode, transp
 				if extra != nil {
 					flags = extra(mode, tr)
 				}
-				f(t, xferCluster(t, mode, tr, flags...))
+				f(t, xferCluster(t, mode, tr, agentFlags, flags...))
 			})
 		}
 	}
@@ -497,8 +504,11 @@ func TestDataClose(t *testing.T) {
 // another connection through the same agent keeps working before, during and
 // after the stall; the stalled client, reading again, gets a byte-exact
 // prefix of the stream and then its end.
+// TestDataSlowReader, on the ANP link (no flow control): a client that stops
+// reading is cut once its queue is full, and the link's other connections go
+// on.
 func TestDataSlowReader(t *testing.T) {
-	xferEachFrontend(t, xferTransports, nil, func(t *testing.T, s *harness.Server) {
+	xferEachFrontendLink(t, []string{"--link=anp"}, xferTransports, nil, func(t *testing.T, s *harness.Server) {
 		ctx := xferCtx(t, 90*time.Second)
 		p := harness.NewPattern(8)
 		flood := harness.StartBackend(t, harness.Source(p, 1<<40, 64*xferKiB))
@@ -553,6 +563,47 @@ func TestDataSlowReader(t *testing.T) {
 			t.Fatalf("stalled connection, reading again: %v; want a byte-exact prefix, then the end", r)
 		}
 		t.Logf("stalled connection, reading again: %v", r)
+		_ = slow.Close()
+		_ = other.Close()
+		xferWaitIdle(t, flood, 15*time.Second)
+		xferWaitIdle(t, echo, 15*time.Second)
+	})
+}
+
+// TestDataSlowReaderNative, on the native link (a window per connection): a
+// client that stops reading stalls only its own connection, which stays
+// open; the link's other connections go on; when the client reads again it
+// gets every byte.
+func TestDataSlowReaderNative(t *testing.T) {
+	xferEachFrontendLink(t, []string{"--link=native"}, xferTransports, nil, func(t *testing.T, s *harness.Server) {
+		ctx := xferCtx(t, 90*time.Second)
+		p := harness.NewPattern(9)
+		const total = 48 * xferMiB
+		flood := harness.StartBackend(t, harness.Source(p, total, 64*xferKiB))
+		echo := harness.StartBackend(t, harness.Echo)
+		slow := xferDial(t, ctx, s, flood.Addr())
+		if r := p.ReadVerify(slow, 1*xferMiB); r.Err != nil || r.Mismatch >= 0 || r.N != 1*xferMiB {
+			t.Fatalf("before the stall: got %v, want 1 MiB byte-exact", r)
+		}
+		other := xferDial(t, ctx, s, echo.Addr())
+		for i := range 300 {
+			msg := fmt.Appendf(nil, "exchange %d", i)
+			if _, err := other.Write(msg); err != nil {
+				t.Fatalf("other connection, exchange %d: %v", i, err)
+			}
+			got := make([]byte, len(msg))
+			if _, err := io.ReadFull(other, got); err != nil || string(got) != string(msg) {
+				t.Fatalf("other connection, exchange %d: %q, %v", i, got, err)
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+		if flood.Open() != 1 {
+			t.Fatal("the stalled connection was closed; on the native link it must only wait")
+		}
+		r := p.ReadVerifyAt(slow, 1*xferMiB, total-1*xferMiB)
+		if r.Err != nil || r.Mismatch >= 0 || r.N != total-1*xferMiB {
+			t.Fatalf("stalled connection, reading again: %v; want the remaining %d bytes, byte-exact", r, total-1*xferMiB)
+		}
 		_ = slow.Close()
 		_ = other.Close()
 		xferWaitIdle(t, flood, 15*time.Second)

@@ -133,6 +133,7 @@ func (r *run) run(ctx context.Context) error {
 		return err
 	}
 	r.say("proxy-agent: dials OUT to the server (the only direction a firewalled worker needs)")
+	mark0 := r.marks()
 	start := time.Now()
 	if _, err := r.start(ctx, "proxy-agent", []string{"--proxy-server-host=127.0.0.1", "--proxy-server-port=" + strconv.Itoa(agentPort),
 		"--ca-cert=" + pki.CACert, "--agent-id=demo-agent", "--agent-identifiers=host=demo-node&ipv4=127.0.0.1",
@@ -145,6 +146,7 @@ func (r *run) run(ctx context.Context) error {
 		return fmt.Errorf("proxy-agent did not connect: %w", err)
 	}
 	r.detail("connected to server demo-server in %v", time.Since(start).Round(time.Millisecond))
+	r.hops(mark0)
 
 	r.say("HTTP CONNECT, as kube-apiserver's HTTPConnect egress sends it:\n      client -> %s -> proxy-server -> TLS tunnel -> proxy-agent -> %s", filepath.Base(sock), backend)
 	if err := r.viaConnect(ctx, sock, backend); err != nil {
@@ -270,10 +272,14 @@ func (r *run) marks() []int {
 func (r *run) hops(mark []int) {
 	time.Sleep(200 * time.Millisecond) // let the daemons log the close
 	for i, p := range r.procs {
-		if i >= len(mark) || p.done() {
+		if p.done() {
 			continue
 		}
-		for _, line := range p.out.linesSince(mark[i]) {
+		off := 0 // a daemon started after the mark: all it said
+		if i < len(mark) {
+			off = mark[i]
+		}
+		for _, line := range p.out.linesSince(off) {
 			r.detail("%-12s| %s", p.name, shorten(line))
 		}
 	}

@@ -13,7 +13,6 @@ import (
 	"sync"
 	"time"
 
-	"isthmus.dev/tunnel/anp"
 	"isthmus.dev/tunnel/link"
 )
 
@@ -34,8 +33,8 @@ type Agent struct {
 
 type heldLink struct {
 	serverID string
-	host     string
-	l        *anp.AgentLink
+	kind     string // "native" or "anp"
+	l        tunnelLink
 }
 
 func randomID() string {
@@ -229,7 +228,7 @@ func (a *Agent) syncHost(ctx context.Context, host string) {
 			}
 			mine[hl.held.serverID] = true
 			backoff = a.cfg.SyncInterval
-			log.Info("connected to proxy-server", "server", hl.held.serverID, "serverCount", count, "holding", len(mine))
+			log.Info("connected to proxy-server", "server", hl.held.serverID, "link", hl.held.kind, "serverCount", count, "holding", len(mine))
 			wg.Add(1)
 			go func() {
 				defer wg.Done()

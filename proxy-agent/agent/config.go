@@ -22,6 +22,7 @@ type Config struct {
 	AgentCert        string   // client certificate, when servers require one
 	AgentKey         string
 	ALPNProtos       []string // extra ALPN protocols offered (e.g. to share a port with kube-apiserver)
+	Link             string   // auto (default: native when offered, else ANP), native, or anp
 
 	AgentID          string // default: $PROXY_AGENT_ID or a random id
 	AgentIdentifiers string // URL query: host=..&ipv4=..&ipv6=..&cidr=..&default-route=true
@@ -46,6 +47,13 @@ type Config struct {
 	GracefulShutdownTimeout time.Duration // after DRAIN, wait this long for open connections; 0 = until they end
 }
 
+// Link choices.
+const (
+	LinkAuto   = "auto"
+	LinkNative = "native"
+	LinkANP    = "anp"
+)
+
 // DefaultConfig returns ANP's defaults (and isthmus's for new settings).
 func DefaultConfig() Config {
 	id := os.Getenv("PROXY_AGENT_ID")
@@ -55,6 +63,7 @@ func DefaultConfig() Config {
 	return Config{
 		ProxyServerHosts: []string{"127.0.0.1"},
 		ProxyServerPort:  8091,
+		Link:             LinkAuto,
 		AgentID:          id,
 		SyncInterval:     time.Second,
 		SyncIntervalCap:  10 * time.Second,
@@ -87,6 +96,11 @@ func (c *Config) Validate() error {
 			bad("--proxy-server-host: %q listed twice", h)
 		}
 		seen[h] = true
+	}
+	switch c.Link {
+	case LinkAuto, LinkNative, LinkANP:
+	default:
+		bad("--link %q: allowed are auto, native and anp", c.Link)
 	}
 	if c.ProxyServerPort <= 0 || c.ProxyServerPort > 65535 {
 		bad("--proxy-server-port %d: want 1-65535", c.ProxyServerPort)

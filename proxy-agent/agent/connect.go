@@ -2,11 +2,15 @@ package agent
 
 import (
 	"context"
+	"crypto/tls"
+	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"strconv"
 	"strings"
+	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
@@ -14,27 +18,103 @@ import (
 	"google.golang.org/grpc/metadata"
 
 	"isthmus.dev/tunnel/anp"
+	"isthmus.dev/tunnel/link"
+	"isthmus.dev/tunnel/native"
 )
+
+// tunnelLink is a running link to one server, whichever its wire.
+type tunnelLink interface {
+	Run(ctx context.Context) error
+	Drain() error
+	Active() int
+}
+
+// nativeLink binds a native link to the agent's dialer.
+type nativeLink struct {
+	*native.AgentLink
+	dial link.DialFunc
+}
+
+func (n nativeLink) Run(ctx context.Context) error { return n.AgentLink.Run(ctx, n.dial) }
 
 // pendingLink is a connected, not yet running link.
 type pendingLink struct {
 	held   *heldLink
-	cc     *grpc.ClientConn
 	ctx    context.Context
 	cancel context.CancelFunc
+	closer io.Closer // the gRPC connection of an ANP link; nil for native
 }
 
 func (p *pendingLink) run() error {
-	defer p.cc.Close()
-	defer p.cancel()
+	defer p.close()
 	return p.held.l.Run(p.ctx)
 }
 
-// connect opens one agent stream to host and reads the server's headers.
+// close drops the link's resources (also for a link that will not run).
+func (p *pendingLink) close() {
+	p.cancel()
+	if p.closer != nil {
+		_ = p.closer.Close()
+	}
+}
+
+// connect opens a link to host: the native link when the server offers it
+// (ALPN), the ANP gRPC link otherwise.
 func (a *Agent) connect(ctx context.Context, host string) (*pendingLink, int, error) {
 	target := net.JoinHostPort(strings.Trim(host, "[]"), strconv.Itoa(a.cfg.ProxyServerPort))
 	tc := a.tls.Clone()
 	tc.ServerName = strings.Trim(host, "[]")
+	if a.cfg.Link != LinkANP {
+		p, n, err := a.connectNative(ctx, target, tc)
+		if err == nil || !errors.Is(err, errNoNative) {
+			return p, n, err
+		}
+		if a.cfg.Link == LinkNative {
+			return nil, 0, fmt.Errorf("connect %s: the server does not offer the native link (--link=native)", target)
+		}
+	}
+	return a.connectANP(ctx, target, tc)
+}
+
+var errNoNative = errors.New("native link not offered")
+
+// connectNative dials TLS offering the native link first.
+func (a *Agent) connectNative(ctx context.Context, target string, tc *tls.Config) (*pendingLink, int, error) {
+	tc.NextProtos = append([]string{native.ALPN, "h2"}, a.cfg.ALPNProtos...)
+	d := tls.Dialer{Config: tc}
+	dctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	conn, err := d.DialContext(dctx, "tcp", target)
+	cancel()
+	if err != nil {
+		return nil, 0, fmt.Errorf("connect %s: %w", target, err)
+	}
+	if conn.(*tls.Conn).ConnectionState().NegotiatedProtocol != native.ALPN {
+		conn.Close()
+		return nil, 0, errNoNative
+	}
+	h := native.Hello{AgentID: a.cfg.AgentID, Identifiers: a.cfg.AgentIdentifiers}
+	if a.cfg.TokenPath != "" {
+		tok, err := os.ReadFile(a.cfg.TokenPath)
+		if err != nil {
+			conn.Close()
+			return nil, 0, fmt.Errorf("--service-account-token-path: %w", err)
+		}
+		h.Token = strings.TrimSpace(string(tok))
+	}
+	l, w, err := native.Connect(ctx, conn, h, native.AgentOptions{
+		Log: a.log, DialTimeout: a.cfg.DialTimeout, OnSplice: a.metrics.onSplice, OnDial: a.metrics.onDial,
+	})
+	if err != nil {
+		return nil, 0, fmt.Errorf("connect %s: %w", target, err)
+	}
+	lctx, lcancel := context.WithCancel(ctx)
+	return &pendingLink{held: &heldLink{serverID: w.ServerID, kind: "native", l: nativeLink{l, a.dial}}, ctx: lctx, cancel: lcancel, closer: l}, w.ServerCount, nil
+}
+
+// connectANP opens one /AgentService/Connect stream and reads the server's
+// headers.
+func (a *Agent) connectANP(ctx context.Context, target string, tc *tls.Config) (*pendingLink, int, error) {
+	tc.NextProtos = a.cfg.ALPNProtos
 	cc, err := grpc.NewClient("passthrough:///"+target,
 		grpc.WithTransportCredentials(credentials.NewTLS(tc)),
 		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: a.cfg.KeepaliveTime, PermitWithoutStream: true}),
@@ -80,7 +160,7 @@ func (a *Agent) connect(ctx context.Context, host string) (*pendingLink, int, er
 		OnSplice:     a.metrics.onSplice,
 		OnDial:       a.metrics.onDial,
 	})
-	return &pendingLink{held: &heldLink{serverID: id, host: host, l: l}, cc: cc, ctx: lctx, cancel: cancel}, count, nil
+	return &pendingLink{held: &heldLink{serverID: id, kind: "anp", l: l}, ctx: lctx, cancel: cancel, closer: cc}, count, nil
 }
 
 // serverHeaders reads serverID and serverCount; each must appear once, as
@@ -128,10 +208,4 @@ func (a *Agent) setExpected(n int) {
 	a.mu.Lock()
 	a.expected = n
 	a.mu.Unlock()
-}
-
-// close drops a link that will not run.
-func (p *pendingLink) close() {
-	p.cancel()
-	p.cc.Close()
 }

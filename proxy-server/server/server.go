@@ -170,18 +170,21 @@ func (s *Server) Run(ctx context.Context) error {
 		}()
 	}
 
-	// Agent port: the ANP gRPC agent link.
+	// Agent port: ALPN picks the native link or the ANP gRPC link.
 	agentSrv := grpc.NewServer(
-		grpc.Creds(credentials.NewTLS(agentTLS)),
+		grpc.Creds(agents.HandshakenCreds()),
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: c.KeepaliveTime}),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 30 * time.Second, PermitWithoutStream: true}),
 	)
-	(&agents.Server{
+	agentsSrv := &agents.Server{
 		ServerID: c.ServerID, ServerCount: c.ServerCount, Registry: s.registry,
 		QueueBytes: c.QueueBytes, StallTimeout: c.StallTimeout, Log: s.log.With("component", "agents"),
 		OnLink: func(d int) { s.metrics.agentLinks.Add(float64(d)) },
-	}).Register(agentSrv)
-	goServe("agent", func() error { return ignoreClosed(agentSrv.Serve(ls.agent)) })
+	}
+	agentsSrv.Register(agentSrv)
+	port := &agents.Port{TLS: agentTLS, GRPC: agentSrv, Agents: agentsSrv, Log: s.log.With("component", "agents")}
+	actx, stopAgents := context.WithCancel(context.WithoutCancel(ctx))
+	goServe("agent", func() error { return port.Serve(actx, ls.agent) })
 
 	// Frontend.
 	flog := s.log.With("component", "frontend")
@@ -241,6 +244,7 @@ func (s *Server) Run(ctx context.Context) error {
 		cancel()
 	}
 	stopFrontend()
+	stopAgents()
 	agentSrv.Stop()
 	for _, h := range httpSrvs {
 		_ = h.Close()

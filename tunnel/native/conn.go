@@ -2,6 +2,7 @@ package native
 
 import (
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"sync"
@@ -10,8 +11,9 @@ import (
 	"github.com/hashicorp/yamux"
 )
 
-// ErrAborted is what reads return after the peer aborted the connection.
-var ErrAborted = errors.New("native link: connection aborted by the peer")
+// ErrAborted is what reads return after the peer dropped the connection
+// (a client's full close does that). It is a kind of net.ErrClosed.
+var ErrAborted = fmt.Errorf("native link: connection dropped by the peer: %w", net.ErrClosed)
 
 // streamConn is one tunneled connection: a yamux stream as a net.Conn with
 // TCP's half-close. Close drops the connection; if the peer may still send,
@@ -68,7 +70,7 @@ func (c *streamConn) Close() error {
 	c.wroteFIN = true
 	abort := !c.sawEOF && !c.abortedPeer
 	c.mu.Unlock()
-	_ = c.Stream.SetReadDeadline(time.Unix(1, 0)) // wake a blocked Read
+	_ = c.Stream.SetDeadline(time.Unix(1, 0)) // wake a blocked Read or Write
 	if fin {
 		_ = c.Stream.Close()
 	}
@@ -79,10 +81,26 @@ func (c *streamConn) Close() error {
 	return nil
 }
 
-// peerAborted ends the connection at the peer's request.
+// peerAborted ends the connection at the peer's request: blocked reads
+// and writes return.
 func (c *streamConn) peerAborted() {
 	c.mu.Lock()
 	c.abortedPeer = true
 	c.mu.Unlock()
-	_ = c.Stream.SetReadDeadline(time.Unix(1, 0))
+	_ = c.Stream.SetDeadline(time.Unix(1, 0))
+}
+
+func (c *streamConn) Write(p []byte) (int, error) {
+	n, err := c.Stream.Write(p)
+	if err != nil {
+		c.mu.Lock()
+		switch {
+		case c.abortedPeer:
+			err = ErrAborted
+		case c.closed:
+			err = net.ErrClosed
+		}
+		c.mu.Unlock()
+	}
+	return n, err
 }

@@ -122,3 +122,6 @@ func (s *session) run(ctx context.Context, onMsg func(ctl) error) error {
 }
 
 func (s *session) done() <-chan struct{} { return s.ys.CloseChan() }
+
+// Close ends the link's session (and every connection on it).
+func (s *session) Close() error { return s.ys.Close() }

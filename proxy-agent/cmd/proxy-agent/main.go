@@ -72,6 +72,7 @@ func run(args []string) error {
 	fs.StringVar(&cfg.CACert, "ca-cert", "", "CA that signs the proxy-servers' certificates (empty: system roots)")
 	fs.StringVar(&cfg.AgentCert, "agent-cert", "", "client certificate, for servers started with --cluster-ca-cert")
 	fs.StringVar(&cfg.AgentKey, "agent-key", "", "key of --agent-cert")
+	fs.StringVar(&cfg.Link, "link", cfg.Link, "agent link: auto (the isthmus native link when the server offers it, else the ANP gRPC link), native, or anp")
 	fs.StringSliceVar(&cfg.ALPNProtos, "alpn-proto", nil, "extra ALPN protocols to offer (to share the server's port with another service)")
 	fs.StringVar(&cfg.AgentID, "agent-id", cfg.AgentID, "this agent's unique id (default: $PROXY_AGENT_ID or a random id)")
 	fs.StringVar(&cfg.AgentIdentifiers, "agent-identifiers", "", "what this agent can reach, URL query form: host=node1&ipv4=10.0.1.5&ipv6=fd00::5&cidr=10.244.1.0/24&default-route=true")

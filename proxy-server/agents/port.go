@@ -1,0 +1,189 @@
+package agents
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"log/slog"
+	"net"
+	"sync"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+
+	"isthmus.dev/proxy-server/routing"
+	"isthmus.dev/tunnel/ident"
+	"isthmus.dev/tunnel/native"
+)
+
+// handshakeTimeout bounds an agent's TLS handshake on the agent port.
+const handshakeTimeout = 10 * time.Second
+
+// Port serves the agent port: one TLS listener where ALPN picks the link.
+// "isthmus/1" is the native link; anything else (upstream agents offer
+// "h2") goes to the gRPC server of the ANP link.
+type Port struct {
+	TLS    *tls.Config  // server certificate and client CAs; NextProtos are set here
+	GRPC   *grpc.Server // the ANP link, built with HandshakenCreds
+	Agents *Server
+	Native native.Config
+	Log    *slog.Logger
+}
+
+// NextProtos are the ALPN protocols of the agent port, preferred first.
+var NextProtos = []string{native.ALPN, "h2"}
+
+// Serve accepts agents on ln until ctx ends, then closes ln and every
+// native link, and waits for them. The gRPC server is stopped by its owner.
+func (p *Port) Serve(ctx context.Context, ln net.Listener) error {
+	cfg := p.TLS.Clone()
+	cfg.NextProtos = NextProtos
+	grpcLn := newChanListener(ln.Addr())
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		_ = p.GRPC.Serve(grpcLn)
+	}()
+	stop := context.AfterFunc(ctx, func() { _ = ln.Close(); _ = grpcLn.Close() })
+	defer stop()
+	var err error
+	for {
+		var c net.Conn
+		c, err = ln.Accept()
+		if err != nil {
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() && ctx.Err() == nil {
+				time.Sleep(10 * time.Millisecond) // e.g. out of file descriptors
+				continue
+			}
+			break
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			p.handshake(ctx, tls.Server(c, cfg), grpcLn)
+		}()
+	}
+	_ = grpcLn.Close()
+	wg.Wait()
+	if ctx.Err() != nil || errors.Is(err, net.ErrClosed) {
+		return nil
+	}
+	return err
+}
+
+func (p *Port) handshake(ctx context.Context, tc *tls.Conn, grpcLn *chanListener) {
+	hctx, cancel := context.WithTimeout(ctx, handshakeTimeout)
+	err := tc.HandshakeContext(hctx)
+	cancel()
+	if err != nil {
+		p.Log.Info("agent TLS handshake failed", "remote", tc.RemoteAddr().String(), "err", err)
+		_ = tc.Close()
+		return
+	}
+	if tc.ConnectionState().NegotiatedProtocol == native.ALPN {
+		p.Agents.ServeNative(ctx, tc, p.Native)
+		return
+	}
+	if !grpcLn.deliver(tc) {
+		_ = tc.Close()
+	}
+}
+
+// ServeNative runs one native agent link for as long as it lives.
+func (s *Server) ServeNative(ctx context.Context, conn net.Conn, cfg native.Config) {
+	var id ident.Identifiers
+	l, err := native.Accept(ctx, conn, native.ServerOptions{
+		ServerID: s.ServerID, ServerCount: s.ServerCount, Config: cfg, Log: s.Log,
+		Check: func(ctx context.Context, h native.Hello) error {
+			var err error
+			if id, err = ident.Parse(h.Identifiers); err != nil {
+				return err
+			}
+			if s.Auth != nil {
+				return s.Auth.Authenticate(ctx, h.AgentID, h.Token)
+			}
+			return nil
+		},
+	})
+	if err != nil {
+		s.Log.Warn("agent refused on the native link", "remote", conn.RemoteAddr().String(), "err", err)
+		return
+	}
+	agentID := l.Hello().AgentID
+	b := &routing.Backend{AgentID: agentID, Ident: id, Link: l}
+	s.Registry.Add(b)
+	if s.OnLink != nil {
+		s.OnLink(1)
+		defer s.OnLink(-1)
+	}
+	defer s.Registry.Remove(b)
+	err = l.Run(ctx)
+	s.Log.Info("agent link ended", "agent", agentID, "link", "native", "err", err)
+}
+
+// chanListener hands connections that finished their handshake to the gRPC
+// server.
+type chanListener struct {
+	addr net.Addr
+	ch   chan net.Conn
+	once sync.Once
+	done chan struct{}
+}
+
+func newChanListener(addr net.Addr) *chanListener {
+	return &chanListener{addr: addr, ch: make(chan net.Conn), done: make(chan struct{})}
+}
+
+func (l *chanListener) deliver(c net.Conn) bool {
+	select {
+	case l.ch <- c:
+		return true
+	case <-l.done:
+		return false
+	}
+}
+
+func (l *chanListener) Accept() (net.Conn, error) {
+	select {
+	case c := <-l.ch:
+		return c, nil
+	case <-l.done:
+		return nil, net.ErrClosed
+	}
+}
+
+func (l *chanListener) Close() error {
+	l.once.Do(func() { close(l.done) })
+	return nil
+}
+
+func (l *chanListener) Addr() net.Addr { return l.addr }
+
+// HandshakenCreds are gRPC transport credentials for connections whose TLS
+// handshake the Port already did: they pass the connection through and
+// report its TLS state.
+func HandshakenCreds() credentials.TransportCredentials { return handshaken{} }
+
+type handshaken struct{}
+
+func (handshaken) ServerHandshake(c net.Conn) (net.Conn, credentials.AuthInfo, error) {
+	tc, ok := c.(*tls.Conn)
+	if !ok {
+		return nil, nil, errors.New("agent port: connection without TLS")
+	}
+	return c, credentials.TLSInfo{State: tc.ConnectionState(),
+		CommonAuthInfo: credentials.CommonAuthInfo{SecurityLevel: credentials.PrivacyAndIntegrity}}, nil
+}
+
+func (handshaken) ClientHandshake(context.Context, string, net.Conn) (net.Conn, credentials.AuthInfo, error) {
+	return nil, nil, errors.New("agent port credentials are server-only")
+}
+
+func (handshaken) Info() credentials.ProtocolInfo {
+	return credentials.ProtocolInfo{SecurityProtocol: "tls", SecurityVersion: "1.2"}
+}
+func (h handshaken) Clone() credentials.TransportCredentials { return h }
+func (handshaken) OverrideServerName(string) error           { return nil }
