@@ -55,12 +55,20 @@ func BenchmarkTunnel(b *testing.B) {
 		var d net.Dialer
 		return d.DialContext(ctx, "tcp", addr)
 	}}}
-	for _, impl := range []harness.Impl{harness.Isthmus, harness.Upstream} {
+	for _, v := range []struct {
+		impl harness.Impl
+		link string // our agent's --link; "" for upstream
+	}{{harness.Isthmus, "native"}, {harness.Isthmus, "anp"}, {harness.Upstream, ""}} {
 		for _, mode := range []string{harness.HTTPConnect, harness.GRPC} {
-			s := harness.StartServer(b, bins, pki, harness.ServerOpts{Impl: impl, Mode: mode, Transport: harness.UDS})
-			a := harness.StartAgent(b, bins, s, harness.AgentOpts{Impl: impl})
+			s := harness.StartServer(b, bins, pki, harness.ServerOpts{Impl: v.impl, Mode: mode, Transport: harness.UDS})
+			ao := harness.AgentOpts{Impl: v.impl}
+			name := fmt.Sprintf("%s, %s over UDS", v.impl, mode)
+			if v.link != "" {
+				ao.Extra = []string{"--link=" + v.link}
+				name = fmt.Sprintf("%s %s link, %s over UDS", v.impl, v.link, mode)
+			}
+			a := harness.StartAgent(b, bins, s, ao)
 			s.WaitReady(b)
-			name := fmt.Sprintf("%s, %s over UDS", impl, mode)
 			paths = append(paths, &path{name: name, dial: s.Dial, procs: []*harness.Proc{s.Proc, a.Proc}})
 		}
 	}

@@ -81,14 +81,20 @@ var errNoNative = errors.New("native link not offered")
 // connectNative dials TLS offering the native link first.
 func (a *Agent) connectNative(ctx context.Context, target string, tc *tls.Config) (*pendingLink, int, error) {
 	tc.NextProtos = append([]string{native.ALPN, "h2"}, a.cfg.ALPNProtos...)
-	d := tls.Dialer{Config: tc}
 	dctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	conn, err := d.DialContext(dctx, "tcp", target)
-	cancel()
+	defer cancel()
+	var d net.Dialer
+	raw, err := d.DialContext(dctx, "tcp", target)
 	if err != nil {
 		return nil, 0, fmt.Errorf("connect %s: %w", target, err)
 	}
-	if conn.(*tls.Conn).ConnectionState().NegotiatedProtocol != native.ALPN {
+	// WrapRaw lets the native link batch its TLS records into few writes.
+	conn := tls.Client(native.WrapRaw(raw), tc)
+	if err := conn.HandshakeContext(dctx); err != nil {
+		conn.Close()
+		return nil, 0, fmt.Errorf("connect %s: TLS: %w", target, err)
+	}
+	if conn.ConnectionState().NegotiatedProtocol != native.ALPN {
 		conn.Close()
 		return nil, 0, errNoNative
 	}

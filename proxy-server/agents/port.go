@@ -63,7 +63,9 @@ func (p *Port) Serve(ctx context.Context, ln net.Listener) error {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			p.handshake(ctx, tls.Server(c, cfg), grpcLn)
+			// WrapRaw lets a native link batch its TLS records into few
+			// writes; the ANP link's writes pass straight through.
+			p.handshake(ctx, tls.Server(native.WrapRaw(c), cfg), grpcLn)
 		}()
 	}
 	_ = grpcLn.Close()

@@ -45,7 +45,7 @@ type AgentLink struct {
 // that negotiated ALPN). It owns conn from the call on.
 func Connect(ctx context.Context, conn net.Conn, h Hello, o AgentOptions) (*AgentLink, Welcome, error) {
 	var w Welcome
-	ys, err := yamux.Client(conn, o.Config.yamux())
+	ys, err := yamux.Client(newFrameWriter(conn), o.Config.yamux())
 	if err != nil {
 		conn.Close()
 		return nil, w, err

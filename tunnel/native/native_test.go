@@ -77,8 +77,12 @@ func newPair(t *testing.T, so ServerOptions, ao AgentOptions, dial link.DialFunc
 		l, err := Accept(ctx, c, so)
 		accepted <- res{l, err}
 	}()
-	conn, err := tls.Dial("tcp", ln.Addr().String(), ct)
+	raw, err := net.Dial("tcp", ln.Addr().String())
 	if err != nil {
+		t.Fatal(err)
+	}
+	conn := tls.Client(WrapRaw(raw), ct) // as the agent does: records batched under TLS
+	if err := conn.Handshake(); err != nil {
 		t.Fatal(err)
 	}
 	if p := conn.ConnectionState().NegotiatedProtocol; p != ALPN {

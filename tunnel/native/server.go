@@ -43,7 +43,7 @@ type ServerLink struct {
 // Accept runs the server side of the handshake on conn (a TLS connection
 // that negotiated ALPN). It owns conn from the call on.
 func Accept(ctx context.Context, conn net.Conn, o ServerOptions) (*ServerLink, error) {
-	ys, err := yamux.Server(conn, o.Config.yamux())
+	ys, err := yamux.Server(newFrameWriter(conn), o.Config.yamux())
 	if err != nil {
 		conn.Close()
 		return nil, err
