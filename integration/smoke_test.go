@@ -3,6 +3,7 @@ package integration
 import (
 	"context"
 	"io"
+	"strings"
 	"testing"
 	"time"
 
@@ -22,6 +23,10 @@ func TestFrontendsAndTransports(t *testing.T) {
 				a := harness.StartAgent(t, bins, s, harness.AgentOpts{})
 				a.WaitReady(t)
 				s.WaitReady(t)
+				// Between isthmus peers the native link is the default.
+				if !strings.Contains(s.Output(), "link=native") || !strings.Contains(a.Output(), "link=native") {
+					t.Fatalf("our agent and server did not pick the native link:\n%s\n%s", s.Output(), a.Output())
+				}
 				ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 				defer cancel()
 				c, err := s.Dial(ctx, echo.Addr())

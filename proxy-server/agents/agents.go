@@ -65,7 +65,7 @@ func (s *Server) Connect(stream grpc.BidiStreamingServer[client.Packet, client.P
 		return fmt.Errorf("agent %s: send headers: %w", agentID, err)
 	}
 	l := anp.NewServerLink(stream, anp.ServerOptions{AgentID: agentID, Log: log, QueueBytes: s.QueueBytes, StallTimeout: s.StallTimeout})
-	b := &routing.Backend{AgentID: agentID, Ident: idents, Link: l}
+	b := &routing.Backend{AgentID: agentID, Kind: "anp", Ident: idents, Link: l}
 	s.Registry.Add(b)
 	if s.OnLink != nil {
 		s.OnLink(1)

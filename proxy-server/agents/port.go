@@ -115,7 +115,7 @@ func (s *Server) ServeNative(ctx context.Context, conn net.Conn, cfg native.Conf
 		return
 	}
 	agentID := l.Hello().AgentID
-	b := &routing.Backend{AgentID: agentID, Ident: id, Link: l}
+	b := &routing.Backend{AgentID: agentID, Kind: "native", Ident: id, Link: l}
 	s.Registry.Add(b)
 	if s.OnLink != nil {
 		s.OnLink(1)

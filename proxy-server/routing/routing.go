@@ -28,6 +28,7 @@ type Link interface {
 // Backend is one connected agent link.
 type Backend struct {
 	AgentID string
+	Kind    string // "native" or "anp": which link carries it
 	Ident   ident.Identifiers
 	Link    Link
 }
@@ -89,7 +90,7 @@ func (r *Registry) Add(b *Backend) {
 	n := len(r.backends)
 	r.notifyLocked()
 	r.mu.Unlock()
-	r.log.Info("agent connected", "agent", b.AgentID, "identifiers", b.Ident.String(), "agents", n)
+	r.log.Info("agent connected", "agent", b.AgentID, "link", b.Kind, "identifiers", b.Ident.String(), "agents", n)
 }
 
 // Remove forgets a link.
