@@ -12,6 +12,7 @@ import (
 
 	"isthmus.dev/tunnel/anp"
 	"isthmus.dev/tunnel/ident"
+	"isthmus.dev/tunnel/native"
 )
 
 // Config is everything proxy-agent needs; flags map onto it in cmd/.
@@ -37,6 +38,8 @@ type Config struct {
 	QueueBytes  int           // per-connection receive queue (default 16 MiB)
 	// StallTimeout: a full queue whose backend takes nothing this long is closed (default 50 ms).
 	StallTimeout time.Duration
+	// StreamWindow: native link, receive window per tunneled connection (default 4 MiB).
+	StreamWindow uint32
 
 	HealthHost      string // empty = all interfaces
 	HealthPort      int    // /healthz, /readyz, /metrics (default 8093); 0 = off
@@ -71,6 +74,7 @@ func DefaultConfig() Config {
 		DialTimeout:      anp.DefaultDialTimeout,
 		QueueBytes:       anp.DefaultQueueBytes,
 		StallTimeout:     anp.DefaultStallTimeout,
+		StreamWindow:     native.DefaultStreamWindow,
 		HealthPort:       8093,
 		AdminHost:        "127.0.0.1",
 		AdminPort:        8094,
@@ -119,6 +123,9 @@ func (c *Config) Validate() error {
 	}
 	if c.DialTimeout <= 0 {
 		bad("--backend-dial-timeout %v: want > 0", c.DialTimeout)
+	}
+	if c.StreamWindow < 256<<10 || c.StreamWindow > 1<<30 {
+		bad("--stream-window %d: want 262144 (256 KiB) to 1073741824 (1 GiB)", c.StreamWindow)
 	}
 	if c.StallTimeout <= 0 {
 		bad("--conn-stall-timeout %v: want > 0", c.StallTimeout)

@@ -108,7 +108,8 @@ func (a *Agent) connectNative(ctx context.Context, target string, tc *tls.Config
 		h.Token = strings.TrimSpace(string(tok))
 	}
 	l, w, err := native.Connect(ctx, conn, h, native.AgentOptions{
-		Log: a.log, DialTimeout: a.cfg.DialTimeout, OnSplice: a.metrics.onSplice, OnDial: a.metrics.onDial,
+		Config: native.Config{StreamWindow: a.cfg.StreamWindow},
+		Log:    a.log, DialTimeout: a.cfg.DialTimeout, OnSplice: a.metrics.onSplice, OnDial: a.metrics.onDial,
 	})
 	if err != nil {
 		return nil, 0, fmt.Errorf("connect %s: %w", target, err)

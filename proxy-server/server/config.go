@@ -11,6 +11,7 @@ import (
 
 	"isthmus.dev/proxy-server/routing"
 	"isthmus.dev/tunnel/anp"
+	"isthmus.dev/tunnel/native"
 )
 
 // Frontend modes, as ANP's --mode spells them.
@@ -56,6 +57,7 @@ type Config struct {
 	FrontendKeepaliveTime   time.Duration // gRPC keepalive on the frontend (default 1 h)
 	QueueBytes              int           // per-connection receive queue on ANP links (default 16 MiB)
 	StallTimeout            time.Duration // a full queue whose reader takes nothing this long is closed (default 50 ms)
+	StreamWindow            uint32        // native link: receive window per tunneled connection (default 4 MiB)
 	TLSMinVersion           string        // VersionTLS12 (default) or VersionTLS13
 	CipherSuites            []string      // TLS 1.2 cipher suites by Go name; empty = Go's defaults
 }
@@ -82,6 +84,7 @@ func DefaultConfig() Config {
 		FrontendKeepaliveTime: time.Hour,
 		QueueBytes:            anp.DefaultQueueBytes,
 		StallTimeout:          anp.DefaultStallTimeout,
+		StreamWindow:          native.DefaultStreamWindow,
 	}
 }
 
@@ -128,6 +131,9 @@ func (c *Config) Validate() error {
 	}
 	if c.BackendDialTimeout < 0 || c.GracefulShutdownTimeout < 0 {
 		bad("--backend-dial-timeout and --graceful-shutdown-timeout must not be negative")
+	}
+	if c.StreamWindow < 256<<10 || c.StreamWindow > 1<<30 {
+		bad("--stream-window %d: want 262144 (256 KiB) to 1073741824 (1 GiB)", c.StreamWindow)
 	}
 	if c.StallTimeout <= 0 {
 		bad("--conn-stall-timeout %v: want > 0", c.StallTimeout)

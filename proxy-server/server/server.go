@@ -22,6 +22,7 @@ import (
 	"isthmus.dev/proxy-server/agents"
 	"isthmus.dev/proxy-server/frontend"
 	"isthmus.dev/proxy-server/routing"
+	"isthmus.dev/tunnel/native"
 )
 
 // frontendMaxMsg is the largest DATA packet a frontend client may send.
@@ -182,7 +183,8 @@ func (s *Server) Run(ctx context.Context) error {
 		OnLink: func(d int) { s.metrics.agentLinks.Add(float64(d)) },
 	}
 	agentsSrv.Register(agentSrv)
-	port := &agents.Port{TLS: agentTLS, GRPC: agentSrv, Agents: agentsSrv, Log: s.log.With("component", "agents")}
+	port := &agents.Port{TLS: agentTLS, GRPC: agentSrv, Agents: agentsSrv, Log: s.log.With("component", "agents"),
+		Native: native.Config{StreamWindow: c.StreamWindow}}
 	actx, stopAgents := context.WithCancel(context.WithoutCancel(ctx))
 	goServe("agent", func() error { return port.Serve(actx, ls.agent) })
 

@@ -84,6 +84,7 @@ func run(args []string) error {
 	fs.DurationVar(&cfg.KeepaliveTime, "keepalive-time", cfg.KeepaliveTime, "gRPC keepalive interval to the servers")
 	fs.DurationVar(&cfg.DialTimeout, "backend-dial-timeout", cfg.DialTimeout, "bound on each backend dial")
 	fs.IntVar(&cfg.QueueBytes, "conn-queue-bytes", cfg.QueueBytes, "per-connection receive queue (the ANP wire has no flow control): a backend slower than its client throttles the link once its queue is full")
+	fs.Uint32Var(&cfg.StreamWindow, "stream-window", cfg.StreamWindow, "native link: how many bytes one tunneled connection may have in flight toward this agent (its receive window); the 4 MiB default fills a 1 Gbit/s link at 20 ms round trip")
 	fs.DurationVar(&cfg.StallTimeout, "conn-stall-timeout", cfg.StallTimeout, "a connection whose queue is full and whose backend takes nothing for this long is closed alone, so that it cannot stall the link's other connections longer")
 	fs.StringVar(&cfg.HealthHost, "health-server-host", "", "health port bind address (empty: all interfaces)")
 	fs.IntVar(&cfg.HealthPort, "health-server-port", cfg.HealthPort, "port for /healthz, /readyz and /metrics; 0 turns it off")

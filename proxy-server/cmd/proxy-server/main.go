@@ -97,6 +97,7 @@ func run(args []string) error {
 	fs.StringVar(&cfg.TLSMinVersion, "tls-min-version", "", "minimum TLS version: VersionTLS12 (default) or VersionTLS13")
 	fs.StringSliceVar(&cfg.CipherSuites, "cipher-suites", nil, "TLS 1.2 cipher suites by Go name (empty: Go's secure defaults)")
 	fs.IntVar(&cfg.QueueBytes, "conn-queue-bytes", cfg.QueueBytes, "per-connection receive queue on ANP agent links (the ANP wire has no flow control): a client slower than its backend throttles the link once its queue is full")
+	fs.Uint32Var(&cfg.StreamWindow, "stream-window", cfg.StreamWindow, "native link: how many bytes one tunneled connection may have in flight toward this server (its receive window); the 4 MiB default fills a 1 Gbit/s link at 20 ms round trip")
 	fs.DurationVar(&cfg.StallTimeout, "conn-stall-timeout", cfg.StallTimeout, "a connection whose queue is full and whose client takes nothing for this long is closed alone, so that it cannot stall the agent's other connections longer")
 	fs.Int("xfr-channel-size", 10, "accepted for ANP compatibility; isthmus bounds queues in bytes (--conn-queue-bytes)")
 	fs.Bool("warn-on-channel-limit", true, "accepted for ANP compatibility (deprecated upstream); no effect")
