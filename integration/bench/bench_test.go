@@ -23,6 +23,7 @@ import (
 // Sizes: small enough for a 2-core machine to finish in a few minutes.
 var (
 	transferBytes = envInt("BENCH_BYTES", 256<<20)
+	holSeconds    = envInt("BENCH_HOL_SECONDS", 15)
 	rounds        = envInt("BENCH_ROUNDS", 3)
 	dials         = envInt("BENCH_DIALS", 500)
 )
@@ -119,6 +120,22 @@ func BenchmarkTunnel(b *testing.B) {
 		}
 	}
 
+	// Head-of-line: while A does not read (its backend floods), B on the
+	// same agent does 1 KiB round trips. Not for the direct path.
+	type hol struct {
+		p99, gap time.Duration
+		trips    int
+		err      string
+	}
+	hols := make([]hol, len(paths))
+	for i, p := range paths[1:] {
+		h, err := headOfLine(ctx, p, backend.Addr(), time.Duration(holSeconds)*time.Second)
+		if err != nil {
+			h.err = err.Error()
+		}
+		hols[i+1] = h
+	}
+
 	direct := res[0]
 	var sb strings.Builder
 	tw := tabwriter.NewWriter(&sb, 2, 4, 2, ' ', tabwriter.AlignRight)
@@ -132,6 +149,14 @@ func BenchmarkTunnel(b *testing.B) {
 		fmt.Fprintf(tw, "%s\t%.0f\t%.3f\t%.0f\t%.3f\t%s\t%v\t%v\t%d\t%d\t\n", p.name,
 			median(r.up), median(r.up)/median(direct.up), median(r.down), median(r.down)/median(direct.down), cpu,
 			pct(r.dialLat, 50), pct(r.dialLat, 99), r.dialErrors, len(r.cuts))
+	}
+	tw.Flush()
+	fmt.Fprintf(&sb, "\nHead-of-line: client A stops reading for %d s while its backend floods; client B on the same agent does 1 KiB round trips:\n\n", holSeconds)
+	tw = tabwriter.NewWriter(&sb, 2, 4, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintf(tw, "path\tB round trips\tB p99\tB longest gap\tnote\t\n")
+	for i, p := range paths[1:] {
+		h := hols[i+1]
+		fmt.Fprintf(tw, "%s\t%d\t%v\t%v\t%s\t\n", p.name, h.trips, h.p99, h.gap, h.err)
 	}
 	tw.Flush()
 	for i, p := range paths {
@@ -163,6 +188,23 @@ func serveBench(c net.Conn) {
 		_, _ = c.Write([]byte{'.'})
 	case 'P':
 		_, _ = c.Write([]byte{'.'})
+	case 'F': // flood until the connection breaks
+		buf := make([]byte, 64<<10)
+		for {
+			if _, err := c.Write(buf); err != nil {
+				return
+			}
+		}
+	case 'E': // echo n-byte messages until EOF
+		buf := make([]byte, n)
+		for {
+			if _, err := io.ReadFull(c, buf); err != nil {
+				return
+			}
+			if _, err := c.Write(buf); err != nil {
+				return
+			}
+		}
 	case 'R':
 		buf := make([]byte, 256<<10)
 		for n > 0 {
@@ -214,6 +256,63 @@ func transfer(ctx context.Context, p *path, addr string, dir byte) (float64, err
 		}
 	}
 	return float64(transferBytes) / time.Since(start).Seconds() / 1e6, nil
+}
+
+// headOfLine stalls a flooded connection A for d while B does round trips
+// on the same path; it returns B's p99 and its longest gap without a reply.
+func headOfLine(ctx context.Context, p *path, addr string, d time.Duration) (h struct {
+	p99, gap time.Duration
+	trips    int
+	err      string
+}, err error) {
+	ctx, cancel := context.WithTimeout(ctx, d+time.Minute)
+	defer cancel()
+	a, err := p.dial(ctx, addr)
+	if err != nil {
+		return h, err
+	}
+	defer a.Close()
+	var hdr [9]byte
+	hdr[0] = 'F'
+	if _, err := a.Write(hdr[:]); err != nil {
+		return h, err
+	}
+	if err := discard(a, 1<<20, make([]byte, 64<<10)); err != nil { // the flood runs; then A stops reading
+		return h, fmt.Errorf("flood: %w", err)
+	}
+	b, err := p.dial(ctx, addr)
+	if err != nil {
+		return h, fmt.Errorf("B: %w", err)
+	}
+	defer b.Close()
+	stop := context.AfterFunc(ctx, func() { b.Close() })
+	defer stop()
+	hdr[0] = 'E'
+	binary.BigEndian.PutUint64(hdr[1:], 1024)
+	if _, err := b.Write(hdr[:]); err != nil {
+		return h, err
+	}
+	msg := make([]byte, 1024)
+	var rtts []time.Duration
+	last := time.Now()
+	end := last.Add(d)
+	for time.Now().Before(end) {
+		t0 := time.Now()
+		if _, err := b.Write(msg); err != nil {
+			return h, fmt.Errorf("B after %d round trips: %w", len(rtts), err)
+		}
+		if _, err := io.ReadFull(b, msg); err != nil {
+			return h, fmt.Errorf("B after %d round trips: %w", len(rtts), err)
+		}
+		now := time.Now()
+		rtts = append(rtts, now.Sub(t0))
+		h.gap = max(h.gap, now.Sub(last))
+		last = now
+	}
+	h.trips = len(rtts)
+	h.p99 = pct(rtts, 99)
+	h.gap = h.gap.Round(time.Millisecond)
+	return h, nil
 }
 
 // discard reads exactly n bytes with buf (io.Discard's ReadFrom would read
