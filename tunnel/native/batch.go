@@ -94,17 +94,27 @@ func (f *frameWriter) Write(p []byte) (int, error) {
 		f.held = append(f.held, p...)
 		return len(p), nil
 	}
-	out := p
-	if len(f.held) > 0 {
+	var err error
+	switch {
+	case f.raw != nil:
+		// Header and body as two TLS records, in one system call: no
+		// copy of the body to put them side by side.
+		err = f.raw.batch(func() error {
+			if len(f.held) > 0 {
+				if _, err := f.Conn.Write(f.held); err != nil {
+					return err
+				}
+			}
+			_, err := f.Conn.Write(p)
+			return err
+		})
+		f.held = f.held[:0]
+	case len(f.held) > 0:
 		f.buf = append(append(f.buf[:0], f.held...), p...)
 		f.held = f.held[:0]
-		out = f.buf
-	}
-	var err error
-	if f.raw != nil {
-		err = f.raw.batch(func() error { _, err := f.Conn.Write(out); return err })
-	} else {
-		_, err = f.Conn.Write(out)
+		_, err = f.Conn.Write(f.buf)
+	default:
+		_, err = f.Conn.Write(p)
 	}
 	if err != nil {
 		return 0, err

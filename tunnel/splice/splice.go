@@ -10,14 +10,18 @@ import (
 	"sync"
 )
 
-// BufferSize is the size of each pooled copy buffer.
-const BufferSize = 64 << 10
+// Copy buffers: a connection moving bulk data copies with a large buffer
+// (fewer system calls and tunnel frames); one with light traffic, or idle
+// and blocked in Read, holds only a small one.
+const (
+	smallBuffer = 16 << 10
+	largeBuffer = 256 << 10
+)
 
-var pool = sync.Pool{New: func() any { b := make([]byte, BufferSize); return &b }}
-
-// GetBuffer takes a BufferSize buffer from the shared pool; PutBuffer returns it.
-func GetBuffer() *[]byte  { return pool.Get().(*[]byte) }
-func PutBuffer(b *[]byte) { pool.Put(b) }
+var (
+	smallPool = sync.Pool{New: func() any { b := make([]byte, smallBuffer); return &b }}
+	largePool = sync.Pool{New: func() any { b := make([]byte, largeBuffer); return &b }}
+)
 
 // HalfCloser is a connection whose write side can be closed alone (TCP, Unix
 // sockets, TLS, native tunnel streams). A connection without it (an ANP
@@ -88,14 +92,45 @@ func Splice(a, b net.Conn) Result {
 	return res
 }
 
-// copyBuf is io.Copy with a pooled buffer; it returns nil at EOF, and
-// separately the error that ended reading src, if reading ended it.
+// copyBuf copies src to dst until EOF (then it returns nil), with pooled
+// buffers sized to the traffic. It also returns the error that ended reading
+// src, if reading ended it.
 func copyBuf(dst io.Writer, src io.Reader) (n int64, readErr, err error) {
-	buf := GetBuffer()
-	defer PutBuffer(buf)
-	r := &onlyReader{Reader: src}
-	n, err = io.CopyBuffer(onlyWriter{dst}, r, *buf)
-	return n, r.err, err
+	small, large := smallPool.Get().(*[]byte), (*[]byte)(nil)
+	defer func() {
+		smallPool.Put(small)
+		if large != nil {
+			largePool.Put(large)
+		}
+	}()
+	buf := *small
+	for {
+		nr, rerr := src.Read(buf)
+		if nr > 0 {
+			nw, werr := dst.Write(buf[:nr])
+			n += int64(nw)
+			if werr == nil && nw != nr {
+				werr = io.ErrShortWrite
+			}
+			if werr != nil {
+				return n, nil, werr
+			}
+		}
+		if rerr != nil {
+			if rerr == io.EOF {
+				return n, nil, nil
+			}
+			return n, rerr, rerr
+		}
+		switch {
+		case nr == len(buf) && large == nil: // bulk: grow
+			large = largePool.Get().(*[]byte)
+			buf = *large
+		case nr < len(buf)/8 && large != nil: // light again: shrink
+			largePool.Put(large)
+			large, buf = nil, *small
+		}
+	}
 }
 
 // abort makes the next Close of c abortive where the transport has one: a
@@ -112,23 +147,6 @@ func abort(c net.Conn) {
 			return
 		}
 	}
-}
-
-// onlyWriter and onlyReader hide ReadFrom/WriteTo so that io.CopyBuffer uses
-// the pooled buffer. (TCP's own ReadFrom/splice(2) would be faster for
-// socket-to-socket, but our ends are rarely both plain sockets.)
-type onlyWriter struct{ io.Writer }
-type onlyReader struct {
-	io.Reader
-	err error // the last read error
-}
-
-func (r *onlyReader) Read(p []byte) (int, error) {
-	n, err := r.Reader.Read(p)
-	if err != nil {
-		r.err = err
-	}
-	return n, err
 }
 
 func isClosed(err error) bool {
