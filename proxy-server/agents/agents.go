@@ -65,16 +65,20 @@ func (s *Server) Connect(stream grpc.BidiStreamingServer[client.Packet, client.P
 		return fmt.Errorf("agent %s: send headers: %w", agentID, err)
 	}
 	l := anp.NewServerLink(stream, anp.ServerOptions{AgentID: agentID, Log: log, QueueBytes: s.QueueBytes, StallTimeout: s.StallTimeout})
-	b := &routing.Backend{AgentID: agentID, Kind: "anp", Ident: idents, Link: l}
+	s.serve(ctx, &routing.Backend{AgentID: agentID, Kind: "anp", Ident: idents, Link: l}, l.Run)
+	return nil
+}
+
+// serve makes b routable while run serves its link.
+func (s *Server) serve(ctx context.Context, b *routing.Backend, run func(context.Context) error) {
 	s.Registry.Add(b)
 	if s.OnLink != nil {
 		s.OnLink(1)
 		defer s.OnLink(-1)
 	}
 	defer s.Registry.Remove(b)
-	err = l.Run(ctx)
-	log.Info("agent link ended", "err", err)
-	return nil
+	err := run(ctx)
+	s.Log.Info("agent link ended", "agent", b.AgentID, "link", b.Kind, "err", err)
 }
 
 // parseMetadata reads ANP's connect metadata: exactly one agentID, at most

@@ -114,16 +114,7 @@ func (s *Server) ServeNative(ctx context.Context, conn net.Conn, cfg native.Conf
 		s.Log.Warn("agent refused on the native link", "remote", conn.RemoteAddr().String(), "err", err)
 		return
 	}
-	agentID := l.Hello().AgentID
-	b := &routing.Backend{AgentID: agentID, Kind: "native", Ident: id, Link: l}
-	s.Registry.Add(b)
-	if s.OnLink != nil {
-		s.OnLink(1)
-		defer s.OnLink(-1)
-	}
-	defer s.Registry.Remove(b)
-	err = l.Run(ctx)
-	s.Log.Info("agent link ended", "agent", agentID, "link", "native", "err", err)
+	s.serve(ctx, &routing.Backend{AgentID: l.Hello().AgentID, Kind: "native", Ident: id, Link: l}, l.Run)
 }
 
 // chanListener hands connections that finished their handshake to the gRPC

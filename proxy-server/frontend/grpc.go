@@ -129,6 +129,24 @@ func (g *GRPC) observe(r link.Reason, start time.Time) {
 	}
 }
 
+// firstDataGrace: see waitFirstData.
+const firstDataGrace = 100 * time.Millisecond
+
+// waitFirstData holds a backend's first bytes until the client has spoken or
+// firstDataGrace has passed. konnectivity-client registers a new connection
+// only after its reader has handed DIAL_RSP on, so DATA right behind
+// DIAL_RSP can find no connection and be answered with CLOSE_REQ: a backend
+// that speaks first (kube-apiserver's HTTP and TLS never do) would lose its
+// connection at random.
+func waitFirstData(spoke <-chan struct{}) {
+	t := time.NewTimer(firstDataGrace)
+	defer t.Stop()
+	select {
+	case <-spoke:
+	case <-t.C:
+	}
+}
+
 func packetType(r recvResult) string {
 	if r.p == nil {
 		return ""
@@ -139,8 +157,10 @@ func packetType(r recvResult) string {
 // pump moves DATA between the stream and c until either side ends.
 func (g *GRPC) pump(stream client.ProxyService_ProxyServer, c net.Conn, id int64, recvd <-chan recvResult, log *slog.Logger) error {
 	inDone := make(chan bool, 1) // true: the client sent CLOSE_REQ
+	spoke := make(chan struct{}) // closed at the client's first packet
 	go func() {
 		r := <-recvd
+		close(spoke)
 		for {
 			if r.err != nil {
 				inDone <- false
@@ -171,8 +191,13 @@ func (g *GRPC) pump(stream client.ProxyService_ProxyServer, c net.Conn, id int64
 	go func() {
 		buf := dataBufs.Get().(*[]byte)
 		defer dataBufs.Put(buf)
+		first := true
 		for {
 			n, err := c.Read(*buf)
+			if n > 0 && first {
+				first = false
+				waitFirstData(spoke)
+			}
 			if n > 0 {
 				if serr := stream.Send(anp.Data(id, (*buf)[:n])); serr != nil {
 					outDone <- serr

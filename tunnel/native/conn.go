@@ -31,19 +31,31 @@ type streamConn struct {
 
 func (c *streamConn) Read(p []byte) (int, error) {
 	n, err := c.Stream.Read(p)
-	if err != nil {
-		c.mu.Lock()
-		switch {
-		case c.abortedPeer:
-			err = ErrAborted
-		case c.closed:
-			err = net.ErrClosed
-		case errors.Is(err, io.EOF):
-			c.sawEOF = true
-		}
-		c.mu.Unlock()
+	return n, c.why(err)
+}
+
+func (c *streamConn) Write(p []byte) (int, error) {
+	n, err := c.Stream.Write(p)
+	return n, c.why(err)
+}
+
+// why says why a read or write failed: the peer's abort or our Close come
+// out as such, not as yamux's deadline errors.
+func (c *streamConn) why(err error) error {
+	if err == nil {
+		return nil
 	}
-	return n, err
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	switch {
+	case c.abortedPeer:
+		return ErrAborted
+	case c.closed:
+		return net.ErrClosed
+	case errors.Is(err, io.EOF):
+		c.sawEOF = true
+	}
+	return err
 }
 
 // CloseWrite sends FIN: the peer reads EOF; this side can still read.
@@ -88,19 +100,4 @@ func (c *streamConn) peerAborted() {
 	c.abortedPeer = true
 	c.mu.Unlock()
 	_ = c.Stream.SetDeadline(time.Unix(1, 0))
-}
-
-func (c *streamConn) Write(p []byte) (int, error) {
-	n, err := c.Stream.Write(p)
-	if err != nil {
-		c.mu.Lock()
-		switch {
-		case c.abortedPeer:
-			err = ErrAborted
-		case c.closed:
-			err = net.ErrClosed
-		}
-		c.mu.Unlock()
-	}
-	return n, err
 }
