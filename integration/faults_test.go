@@ -593,10 +593,13 @@ func TestFaultAgentKilled(t *testing.T) {
 	}
 }
 
-// TestFaultAgentRestart kills the agent with a connection open, checks the
-// connection ends and the server stops being ready and answers "no agent",
-// then restarts the agent: it reconnects by itself and dials work again.
-func TestFaultAgentRestart(t *testing.T) {
+// faultRestart runs, for each fault case, a server and agent with one
+// connection open; crash must end that connection and check the fallout,
+// restart must bring the pair back. Then the agent must have reconnected by
+// itself: dials work and nothing is left behind.
+func faultRestart(t *testing.T, what string,
+	crash func(t *testing.T, c faultCase, s *harness.Server, a *harness.Agent, echo *harness.Backend),
+	restart func(t *testing.T, s *harness.Server, a *harness.Agent)) {
 	pki := harness.NewPKI(t)
 	echo := harness.StartBackend(t, harness.Echo)
 	for _, c := range faultCases {
@@ -614,21 +617,13 @@ func TestFaultAgentRestart(t *testing.T) {
 				t.Fatal(err)
 			}
 
-			a.Kill()
+			crash(t, c, s, a, echo)
 			harness.WaitFor(t, 15*time.Second, "the open connection to end", w.ended)
-			harness.WaitFor(t, 10*time.Second, "server /readyz to fail", func() bool {
-				return harness.HTTPStatus(s.ReadyURL()) == http.StatusServiceUnavailable
-			})
-			conn2, err := s.Dial(ctx, echo.Addr())
-			if conn2 != nil {
-				conn2.Close()
-			}
-			faultExpectDialError(t, c.mode, err, http.StatusServiceUnavailable)
 
-			a.Restart(t)
-			a.WaitReady(t)
+			restart(t, s, a)
 			s.WaitReady(t)
-			faultEcho(t, s, echo.Addr(), "after the agent restarted")
+			a.WaitReady(t)
+			faultEcho(t, s, echo.Addr(), "after the "+what+" restarted")
 			_ = w.Close()
 			faultNoLeftovers(t, s, a)
 			harness.WaitFor(t, 10*time.Second, "echo backend connections closed", func() bool { return echo.Open() == 0 })
@@ -636,43 +631,37 @@ func TestFaultAgentRestart(t *testing.T) {
 	}
 }
 
+// TestFaultAgentRestart kills the agent with a connection open, checks the
+// connection ends and the server stops being ready and answers "no agent",
+// then restarts the agent: it reconnects by itself and dials work again.
+func TestFaultAgentRestart(t *testing.T) {
+	faultRestart(t, "agent", func(t *testing.T, c faultCase, s *harness.Server, a *harness.Agent, echo *harness.Backend) {
+		a.Kill()
+		harness.WaitFor(t, 10*time.Second, "server /readyz to fail", func() bool {
+			return harness.HTTPStatus(s.ReadyURL()) == http.StatusServiceUnavailable
+		})
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		defer cancel()
+		conn2, err := s.Dial(ctx, echo.Addr())
+		if conn2 != nil {
+			conn2.Close()
+		}
+		faultExpectDialError(t, c.mode, err, http.StatusServiceUnavailable)
+	}, func(t *testing.T, _ *harness.Server, a *harness.Agent) { a.Restart(t) })
+}
+
 // TestFaultServerRestart kills the server with a connection open, checks the
 // connection ends and the agent notices (its /readyz fails), then starts the
 // server again on the same ports: the agent reconnects by itself and dials
 // work again.
 func TestFaultServerRestart(t *testing.T) {
-	pki := harness.NewPKI(t)
-	echo := harness.StartBackend(t, harness.Echo)
-	for _, c := range faultCases {
-		t.Run(c.name(), func(t *testing.T) {
-			leakCheck(t)
-			s, a := faultStartPair(t, pki, c, nil, nil)
-			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-			defer cancel()
-			conn, err := s.Dial(ctx, echo.Addr())
-			if err != nil {
-				t.Fatal(err)
-			}
-			w := faultWatch(t, conn)
-			if err := w.ping("before", 10*time.Second); err != nil {
-				t.Fatal(err)
-			}
-
-			s.Kill()
-			harness.WaitFor(t, 15*time.Second, "the open connection to end", w.ended)
-			harness.WaitFor(t, 10*time.Second, "agent /readyz to fail", func() bool {
-				return harness.HTTPStatus(faultAgentReadyURL(a)) == http.StatusServiceUnavailable
-			})
-			// The agent let go of the backend connection of the dead tunnel.
-			harness.WaitMetric(t, 10*time.Second, faultAgentMetrics(a), faultMAgentOpen, 0)
-			harness.WaitFor(t, 10*time.Second, "echo backend connections closed", func() bool { return echo.Open() == 0 })
-
-			s.Restart(t)
-			s.WaitReady(t)
-			a.WaitReady(t)
-			faultEcho(t, s, echo.Addr(), "after the server restarted")
-			_ = w.Close()
-			faultNoLeftovers(t, s, a)
+	faultRestart(t, "server", func(t *testing.T, _ faultCase, s *harness.Server, a *harness.Agent, echo *harness.Backend) {
+		s.Kill()
+		harness.WaitFor(t, 10*time.Second, "agent /readyz to fail", func() bool {
+			return harness.HTTPStatus(faultAgentReadyURL(a)) == http.StatusServiceUnavailable
 		})
-	}
+		// The agent let go of the backend connection of the dead tunnel.
+		harness.WaitMetric(t, 10*time.Second, faultAgentMetrics(a), faultMAgentOpen, 0)
+		harness.WaitFor(t, 10*time.Second, "echo backend connections closed", func() bool { return echo.Open() == 0 })
+	}, func(t *testing.T, s *harness.Server, _ *harness.Agent) { s.Restart(t) })
 }

@@ -49,12 +49,8 @@ func (q *queue) push(b []byte, stall time.Duration, done <-chan struct{}) bool {
 	if len(b) == 0 {
 		return true
 	}
-	var timer *time.Timer
-	defer func() {
-		if timer != nil {
-			timer.Stop()
-		}
-	}()
+	var timer lazyTimer
+	defer timer.stop()
 	for {
 		q.mu.Lock()
 		if q.err != nil {
@@ -72,14 +68,9 @@ func (q *queue) push(b []byte, stall time.Duration, done <-chan struct{}) bool {
 		if stall <= 0 {
 			return false
 		}
-		if timer == nil {
-			timer = time.NewTimer(stall)
-		} else {
-			timer.Reset(stall)
-		}
 		select {
 		case <-q.space: // progress: try again, with a fresh stall bound
-		case <-timer.C:
+		case <-timer.after(stall):
 			return false
 		case <-done:
 			return true
@@ -113,12 +104,8 @@ func (q *queue) read(p []byte) (int, error) {
 	if len(p) == 0 {
 		return 0, nil
 	}
-	var timer *time.Timer
-	defer func() {
-		if timer != nil {
-			timer.Stop()
-		}
-	}()
+	var timer lazyTimer
+	defer timer.stop()
 	for {
 		q.mu.Lock()
 		if len(q.bufs) > 0 {
@@ -153,17 +140,30 @@ func (q *queue) read(p []byte) (int, error) {
 				q.mu.Unlock()
 				return 0, os.ErrDeadlineExceeded
 			}
-			if timer == nil {
-				timer = time.NewTimer(d)
-			} else {
-				timer.Reset(d)
-			}
-			timeout = timer.C
+			timeout = timer.after(d)
 		}
 		q.mu.Unlock()
 		select {
 		case <-q.wake:
 		case <-timeout:
 		}
+	}
+}
+
+// lazyTimer is a timer made at first use, reset at each later one.
+type lazyTimer struct{ t *time.Timer }
+
+func (l *lazyTimer) after(d time.Duration) <-chan time.Time {
+	if l.t == nil {
+		l.t = time.NewTimer(d)
+	} else {
+		l.t.Reset(d)
+	}
+	return l.t.C
+}
+
+func (l *lazyTimer) stop() {
+	if l.t != nil {
+		l.t.Stop()
 	}
 }
