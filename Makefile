@@ -23,13 +23,14 @@ demo: build
 
 # System packages the namespace tests use. As root they are installed when
 # missing; otherwise those tests skip and say why.
+# etcd-server is for the kube-apiserver end-to-end test.
 deps:
-	@if ! command -v nft >/dev/null || ! command -v ip >/dev/null; then \
+	@if ! command -v nft >/dev/null || ! command -v ip >/dev/null || ! command -v etcd >/dev/null; then \
 		if [ "$$(id -u)" = 0 ]; then \
-			echo "installing iproute2 and nftables for the network-namespace tests"; \
-			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iproute2 nftables iptables >/dev/null; \
+			echo "installing iproute2, nftables and etcd-server for the network-namespace and kube-apiserver tests"; \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iproute2 nftables iptables etcd-server >/dev/null; \
 		else \
-			echo "note: not root and nft/ip missing: network-namespace tests will skip"; \
+			echo "note: not root and nft/ip/etcd missing: network-namespace and kube-apiserver tests will skip"; \
 		fi; \
 	fi
 

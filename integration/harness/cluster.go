@@ -171,6 +171,7 @@ type AgentOpts struct {
 	Hosts       string // --proxy-server-host; default 127.0.0.1
 	Identifiers string
 	Extra       []string
+	Worker      *Worker // run inside this worker's namespace
 }
 
 // Agent is a running proxy-agent process.
@@ -214,6 +215,9 @@ func StartAgent(t testing.TB, bins Binaries, s *Server, o AgentOpts) *Agent {
 	a.bin = bins.ProxyAgent
 	if o.Impl == Upstream {
 		a.bin = bins.ANPAgent
+	}
+	if o.Worker != nil {
+		a.bin, a.args = o.Worker.Command(a.bin, a.args...)
 	}
 	a.Proc = Start(t, string(o.Impl)+"-agent-"+o.ID, a.bin, a.args...)
 	return a

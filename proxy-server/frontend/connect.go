@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"strings"
 	"sync"
 	"time"
 
@@ -213,9 +214,18 @@ func statusFor(r link.Reason) int {
 	return http.StatusBadGateway
 }
 
+// reply answers a CONNECT that failed. The reason goes into the status line
+// too (as upstream's "currently no tunnels available" does): kube-apiserver's
+// egress dialer shows the status line and not the body.
 func reply(c net.Conn, code int, msg string) {
 	_ = c.SetWriteDeadline(time.Now().Add(5 * time.Second))
+	msg = strings.Map(func(r rune) rune {
+		if r < ' ' || r == 0x7f {
+			return ' '
+		}
+		return r
+	}, msg)
 	body := msg + "\n"
-	fmt.Fprintf(c, "HTTP/1.1 %d %s\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s",
-		code, http.StatusText(code), len(body), body)
+	fmt.Fprintf(c, "HTTP/1.1 %d %s: %s\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s",
+		code, http.StatusText(code), msg, len(body), body)
 }

@@ -1,0 +1,228 @@
+package harness
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/hex"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+)
+
+// KubeVersion is the kube-apiserver the end-to-end tests build from the Go
+// module proxy (see kubeapiserver/go.mod).
+const KubeVersion = "v1.37.2"
+
+// RequireKube skips t unless a kube-apiserver end-to-end test can run here:
+// root (for the worker's namespace), ip, nft and etcd (Debian's
+// etcd-server; `make deps` installs it when root).
+func RequireKube(t testing.TB) {
+	t.Helper()
+	RequireBlackhole(t)
+	if _, err := exec.LookPath("etcd"); err != nil {
+		t.Skipf("needs etcd for kube-apiserver (apt-get install etcd-server, or run `make test` as root): %v", err)
+	}
+}
+
+// KubeAPIServerBinary builds kube-apiserver KubeVersion once per machine and
+// returns its path. The binary is cached under the user cache directory,
+// keyed by the builder module's go.mod and go.sum; the first build takes
+// about 10 minutes on 2 cores, later ones (or a warm Go build cache) seconds.
+func KubeAPIServerBinary(t testing.TB) string {
+	t.Helper()
+	_, self, _, ok := runtime.Caller(0)
+	if !ok {
+		t.Fatal("cannot find the harness source to locate the kube-apiserver builder module")
+	}
+	modDir := filepath.Join(filepath.Dir(self), "..", "kubeapiserver")
+	h := sha256.New()
+	for _, f := range []string{"go.mod", "go.sum"} {
+		b, err := os.ReadFile(filepath.Join(modDir, f))
+		if err != nil {
+			t.Fatalf("kube-apiserver builder module: %v", err)
+		}
+		h.Write(b)
+	}
+	cache, err := os.UserCacheDir()
+	if err != nil {
+		cache = os.TempDir()
+	}
+	dir := filepath.Join(cache, "isthmus")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	bin := filepath.Join(dir, "kube-apiserver-"+KubeVersion+"-"+hex.EncodeToString(h.Sum(nil))[:12])
+	if _, err := os.Stat(bin); err == nil {
+		return bin
+	}
+	unlock := bhLock(t, bin+".lock") // one build at a time on this machine
+	defer unlock()
+	if _, err := os.Stat(bin); err == nil {
+		return bin // another test process built it while we waited
+	}
+	t.Logf("building kube-apiserver %s from the Go module proxy into %s (about 10 minutes on 2 cores the first time)", KubeVersion, bin)
+	start := time.Now()
+	ctx, cancel := context.WithTimeout(context.Background(), 40*time.Minute)
+	defer cancel()
+	major, minor, _ := strings.Cut(strings.TrimPrefix(KubeVersion, "v"), ".")
+	minor, _, _ = strings.Cut(minor, ".")
+	ldflags := strings.Join([]string{
+		"-X k8s.io/component-base/version.gitVersion=" + KubeVersion,
+		"-X k8s.io/component-base/version.gitMajor=" + major,
+		"-X k8s.io/component-base/version.gitMinor=" + minor,
+		"-X k8s.io/component-base/version.gitTreeState=clean",
+		"-X k8s.io/client-go/pkg/version.gitVersion=" + KubeVersion,
+	}, " ")
+	cmd := exec.CommandContext(ctx, "go", "build", "-trimpath", "-ldflags", ldflags, "-o", bin+".tmp", "k8s.io/kubernetes/cmd/kube-apiserver")
+	cmd.Dir = modDir
+	cmd.Env = append(os.Environ(), "GOWORK=off", "GOFLAGS=-mod=readonly")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("build kube-apiserver: %v\n%s", err, out)
+	}
+	if err := os.Rename(bin+".tmp", bin); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("built kube-apiserver in %v", time.Since(start).Round(time.Second))
+	return bin
+}
+
+// StartEtcd runs an etcd for one test on loopback and returns its client URL.
+func StartEtcd(t testing.TB) string {
+	t.Helper()
+	client, peer := FreePort(t), FreePort(t)
+	url := "http://127.0.0.1:" + strconv.Itoa(client)
+	peerURL := "http://127.0.0.1:" + strconv.Itoa(peer)
+	p := Start(t, "etcd", "etcd", "--name=isthmus-test", "--data-dir="+t.TempDir(),
+		"--listen-client-urls="+url, "--advertise-client-urls="+url,
+		"--listen-peer-urls="+peerURL, "--initial-advertise-peer-urls="+peerURL,
+		"--initial-cluster=isthmus-test="+peerURL, "--logger=zap", "--log-level=warn")
+	WaitFor(t, 30*time.Second, "etcd health", func() bool {
+		select {
+		case <-p.Exited():
+			t.Fatalf("etcd exited at start:\n%s", p.Output())
+		default:
+		}
+		return HTTPStatus(url+"/health") == http.StatusOK
+	})
+	return url
+}
+
+// KubeAPIServer is a running kube-apiserver and an administrator's client.
+type KubeAPIServer struct {
+	*Proc
+	URL    string
+	client *http.Client
+}
+
+// KubeAPIServerOpts are the files and flags of one kube-apiserver.
+type KubeAPIServerOpts struct {
+	Bin          string
+	EtcdURL      string
+	EtcdPrefix   string // keeps the state of kube-apiservers sharing one etcd apart
+	ServingCert  string
+	ServingKey   string
+	ClientCA     string // CA of the client certificates it accepts
+	KubeletCA    string // CA of the kubelets' serving certificates
+	KubeletCert  string // its client certificate toward kubelets
+	KubeletKey   string
+	SAPublicKey  string
+	SASigningKey string
+	EgressConfig string // --egress-selector-config-file
+	AdminCert    string // the test's own client certificate (system:masters)
+	AdminKey     string
+	Extra        []string      // more flags (the egress renderer prints some)
+	ReadyTimeout time.Duration // for /readyz; 3 minutes if 0
+}
+
+// StartKubeAPIServer starts kube-apiserver on loopback and waits until
+// /readyz answers 200 to the administrator's client.
+func StartKubeAPIServer(t testing.TB, o KubeAPIServerOpts) *KubeAPIServer {
+	t.Helper()
+	port := FreePort(t)
+	args := []string{
+		"--bind-address=127.0.0.1", "--secure-port=" + strconv.Itoa(port),
+		"--etcd-servers=" + o.EtcdURL, "--etcd-prefix=" + o.EtcdPrefix,
+		"--tls-cert-file=" + o.ServingCert, "--tls-private-key-file=" + o.ServingKey,
+		"--client-ca-file=" + o.ClientCA,
+		"--kubelet-certificate-authority=" + o.KubeletCA,
+		"--kubelet-client-certificate=" + o.KubeletCert, "--kubelet-client-key=" + o.KubeletKey,
+		"--kubelet-preferred-address-types=InternalIP",
+		"--service-account-issuer=https://kubernetes.default.svc",
+		"--service-account-key-file=" + o.SAPublicKey, "--service-account-signing-key-file=" + o.SASigningKey,
+		"--service-cluster-ip-range=10.96.0.0/24",
+		"--authorization-mode=RBAC",
+		// No controller-manager runs, so no namespace gets its "default"
+		// service account: pods are admitted without one.
+		"--disable-admission-plugins=ServiceAccount",
+		"--endpoint-reconciler-type=none",
+		"--egress-selector-config-file=" + o.EgressConfig,
+		"--profiling=false",
+		"--cert-dir=" + t.TempDir(),
+	}
+	args = append(args, o.Extra...)
+	k := &KubeAPIServer{URL: "https://127.0.0.1:" + strconv.Itoa(port)}
+	caPEM, err := os.ReadFile(o.ClientCA)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(caPEM)
+	cert, err := tls.LoadX509KeyPair(o.AdminCert, o.AdminKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tr := &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool, Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}}
+	t.Cleanup(tr.CloseIdleConnections)
+	k.client = &http.Client{Transport: tr, Timeout: 60 * time.Second}
+	k.Proc = Start(t, "kube-apiserver", o.Bin, args...)
+	wait := o.ReadyTimeout
+	if wait == 0 {
+		wait = 3 * time.Minute
+	}
+	WaitFor(t, wait, "kube-apiserver /readyz", func() bool {
+		select {
+		case <-k.Exited():
+			t.Fatalf("kube-apiserver exited at start:\n%s", tail(k.Output(), 60))
+		default:
+		}
+		status, _, err := k.Do(context.Background(), http.MethodGet, "/readyz", nil)
+		return err == nil && status == http.StatusOK
+	})
+	return k
+}
+
+// Do sends one request as the administrator and returns the status and body.
+func (k *KubeAPIServer) Do(ctx context.Context, method, path string, body []byte) (int, []byte, error) {
+	var r io.Reader
+	if body != nil {
+		r = bytes.NewReader(body)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, k.URL+path, r)
+	if err != nil {
+		return 0, nil, err
+	}
+	if body != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	resp, err := k.client.Do(req)
+	if err != nil {
+		return 0, nil, fmt.Errorf("%s %s: %w", method, path, err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	if err != nil {
+		return resp.StatusCode, b, fmt.Errorf("%s %s: body: %w", method, path, err)
+	}
+	return resp.StatusCode, b, nil
+}

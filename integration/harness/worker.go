@@ -1,0 +1,130 @@
+package harness
+
+import (
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"testing"
+
+	"golang.org/x/sys/unix"
+)
+
+// Worker is a network namespace made by a test that stands for a worker
+// node behind a firewall: it can open connections to the host (an agent
+// dialling out to proxy-server), but nothing from the host can open a
+// connection into it. Its address is on the veth that joins it to the
+// host, in 203.0.113.0/24 (TEST-NET-3), so nothing leaves the machine.
+type Worker struct {
+	Name     string     // the namespace (ip netns)
+	HostIf   string     // host end of the veth pair
+	HostAddr netip.Addr // host end: where the worker reaches the control plane
+	NodeAddr netip.Addr // the worker's own address (a node's InternalIP)
+}
+
+// workerRules accept what the worker itself opened and its own loopback,
+// and drop every new connection that comes in over the veth.
+const workerRules = `table inet isthmus_worker {
+  chain input {
+    type filter hook input priority 0; policy drop;
+    iifname "lo" accept
+    ct state established,related accept
+  }
+}
+`
+
+// NewWorker creates the namespace, the veth pair and the firewall; all of
+// it is removed at cleanup. It skips t when not root or ip/nft is missing.
+func NewWorker(t testing.TB) *Worker {
+	t.Helper()
+	b := newVethNamespace(t, workerRules)
+	return &Worker{Name: b.Name, HostIf: b.HostIf, HostAddr: b.HostAddr, NodeAddr: b.NSAddr}
+}
+
+// Listen opens a listener inside the worker's namespace. The socket stays
+// in that namespace; the goroutines that serve it can run anywhere.
+func (w *Worker) Listen(network, addr string) (net.Listener, error) {
+	type result struct {
+		l   net.Listener
+		err error
+	}
+	res := make(chan result, 1)
+	go func() {
+		// The thread switches namespace and is never switched back: the
+		// goroutine ends locked, so the runtime drops the thread.
+		runtime.LockOSThread()
+		f, err := os.Open(filepath.Join("/var/run/netns", w.Name))
+		if err != nil {
+			res <- result{err: fmt.Errorf("open namespace %s: %w", w.Name, err)}
+			return
+		}
+		defer f.Close()
+		if err := unix.Setns(int(f.Fd()), unix.CLONE_NEWNET); err != nil {
+			res <- result{err: fmt.Errorf("enter namespace %s: %w", w.Name, err)}
+			return
+		}
+		l, err := net.Listen(network, addr)
+		res <- result{l, err}
+	}()
+	r := <-res
+	return r.l, r.err
+}
+
+// Command is cmd run inside the worker's namespace.
+func (w *Worker) Command(bin string, args ...string) (string, []string) {
+	return "ip", append([]string{"netns", "exec", w.Name, bin}, args...)
+}
+
+// newVethNamespace creates a namespace joined to the host by a veth pair
+// with a /30 of 203.0.113.0/24, loads nftRules into it, and checks that its
+// address routes to the veth. Names follow NewBlackhole's, so that
+// sweepStaleBlackholes also removes what a killed test left.
+func newVethNamespace(t testing.TB, nftRules string) *Blackhole {
+	t.Helper()
+	RequireBlackhole(t)
+	sweepStaleBlackholes(t)
+	seq := blackholeSeq.Add(1)
+	pid := os.Getpid()
+	b := &Blackhole{
+		Name:   fmt.Sprintf("%s%d-%d", nsPrefix, pid, seq),
+		HostIf: fmt.Sprintf("%s%dh%d", ifPrefix, pid, seq),
+	}
+	nsIf := fmt.Sprintf("%s%dn%d", ifPrefix, pid, seq)
+	if len(b.HostIf) > 15 || len(nsIf) > 15 {
+		t.Fatalf("interface name %q too long", b.HostIf)
+	}
+	t.Cleanup(func() { b.remove(t) })
+	bhRun(t, "ip", "netns", "add", b.Name)
+	bhRun(t, "ip", "link", "add", b.HostIf, "type", "veth", "peer", "name", nsIf)
+	bhRun(t, "ip", "link", "set", nsIf, "netns", b.Name)
+	func() {
+		unlock := bhLock(t, filepath.Join(os.TempDir(), "isthmus-blackhole.lock"))
+		defer unlock()
+		prefix, err := freeSlash30()
+		if err != nil {
+			t.Fatal(err)
+		}
+		b.HostAddr = prefix.Addr().Next()
+		b.NSAddr = b.HostAddr.Next()
+		bhRun(t, "ip", "addr", "add", netip.PrefixFrom(b.HostAddr, 30).String(), "dev", b.HostIf)
+	}()
+	bhRun(t, "ip", "link", "set", b.HostIf, "up")
+	bhRun(t, "ip", "-n", b.Name, "addr", "add", netip.PrefixFrom(b.NSAddr, 30).String(), "dev", nsIf)
+	bhRun(t, "ip", "-n", b.Name, "link", "set", nsIf, "up")
+	bhRun(t, "ip", "-n", b.Name, "link", "set", "lo", "up")
+	nft := exec.Command("ip", "netns", "exec", b.Name, "nft", "-f", "-")
+	nft.Stdin = strings.NewReader(nftRules)
+	if out, err := nft.CombinedOutput(); err != nil {
+		t.Fatalf("nft in %s: %v\n%s", b.Name, err, out)
+	}
+	// Never send a packet off the machine: the address must route to our veth.
+	out := bhRun(t, "ip", "-o", "route", "get", b.NSAddr.String())
+	if !strings.Contains(" "+out+" ", " dev "+b.HostIf+" ") {
+		t.Fatalf("%s does not route to %s: %q", b.NSAddr, b.HostIf, out)
+	}
+	return b
+}
