@@ -142,6 +142,7 @@ func (s *Connect) handle(c net.Conn) {
 	start := time.Now()
 	tc, err := s.Dialer.Dial(ctx, address)
 	watchDone()
+	cancel() // ctx bounds the dial only: its timer goes now, not with the connection
 	took := time.Since(start)
 	if err != nil {
 		reason := link.ReasonOf(err)

@@ -107,6 +107,7 @@ func (g *GRPC) Proxy(stream client.ProxyService_ProxyServer) error {
 		g.observe(link.ReasonCancelled, start)
 		return nil
 	}
+	dcancel() // dctx bounds the dial only: its timer goes now, not with the connection
 	if d.err != nil {
 		reason := link.ReasonOf(d.err)
 		g.observe(reason, start)

@@ -181,6 +181,7 @@ func (l *AgentLink) startDial(ctx context.Context, random int64, protocol, addre
 			}
 		}
 		l.mu.Unlock()
+		cancel() // dctx bounds the dial only: its timer goes now, not with the connection
 		switch {
 		case !still:
 			if backend != nil {

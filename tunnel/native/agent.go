@@ -161,6 +161,7 @@ func (l *AgentLink) serve(ctx context.Context, st *yamux.Stream, dial link.DialF
 	<-watch
 	_ = st.SetReadDeadline(time.Time{})
 	cancelled := dctx.Err() != nil && ctx.Err() == nil && !errors.Is(dctx.Err(), context.DeadlineExceeded)
+	cancel() // dctx bounds the dial only: its timer goes now, not with the connection
 	switch {
 	case cancelled:
 		if backend != nil {

@@ -34,6 +34,14 @@ func (c *streamConn) Read(p []byte) (int, error) {
 	return n, c.why(err)
 }
 
+// WaitRead waits until bytes, EOF or an error can be read, taking nothing:
+// splice then holds no buffer for an idle connection. (yamux's Read of an
+// empty slice waits for data and copies none.)
+func (c *streamConn) WaitRead() error {
+	_, err := c.Stream.Read(nil)
+	return c.why(err)
+}
+
 func (c *streamConn) Write(p []byte) (int, error) {
 	n, err := c.Stream.Write(p)
 	return n, c.why(err)

@@ -21,6 +21,7 @@ import (
 	"go.uber.org/goleak"
 
 	"isthmus.dev/tunnel/link"
+	"isthmus.dev/tunnel/splice"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -155,6 +156,45 @@ func dctx(t *testing.T) context.Context {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	t.Cleanup(cancel)
 	return ctx
+}
+
+// An idle tunneled connection holds no copy buffer on the agent (the stream
+// is waited on before a buffer is taken), and wakes up when bytes come;
+// EOF after idling still travels.
+func TestIdleStreamHoldsNoBuffer(t *testing.T) {
+	addr := backend(t, func(c net.Conn) { _, _ = io.Copy(c, c) })
+	p := newPair(t, opts, AgentOptions{}, loopbackDial)
+	c, err := p.server.Dial(dctx(t), addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	idle := func() {
+		t.Helper()
+		deadline := time.Now().Add(10 * time.Second)
+		for splice.HeldBuffers() != 0 {
+			if time.Now().After(deadline) {
+				t.Fatalf("%d copy buffers held by an idle connection", splice.HeldBuffers())
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+	}
+	for _, n := range []int{1, 4 << 20, 100} {
+		idle()
+		msg := bytes.Repeat([]byte{'i'}, n)
+		go func() { _, _ = c.Write(msg) }()
+		got := make([]byte, n)
+		if _, err := io.ReadFull(c, got); err != nil || !bytes.Equal(got, msg) {
+			t.Fatalf("echo of %d bytes: %v", n, err)
+		}
+	}
+	idle()
+	if err := c.(interface{ CloseWrite() error }).CloseWrite(); err != nil {
+		t.Fatal(err)
+	}
+	if rest, err := io.ReadAll(c); err != nil || len(rest) != 0 {
+		t.Fatalf("after the half-close: %q, %v", rest, err)
+	}
 }
 
 // The client half-closes; the backend answers after reading EOF.

@@ -7,7 +7,10 @@ import (
 	"errors"
 	"io"
 	"net"
+	"os"
 	"sync"
+	"sync/atomic"
+	"syscall"
 )
 
 // Copy buffers: a connection moving bulk data copies with a large buffer
@@ -86,7 +89,7 @@ func Splice(a, b net.Conn) Result {
 	}
 	wg.Add(2)
 	go run(b, a, &res.AtoB)
-	go run(a, b, &res.BtoA)
+	run(a, b, &res.BtoA) // one goroutine fewer per connection
 	wg.Wait()
 	closeBoth()
 	return res
@@ -96,18 +99,13 @@ func Splice(a, b net.Conn) Result {
 // buffers sized to the traffic. It also returns the error that ended reading
 // src, if reading ended it.
 func copyBuf(dst io.Writer, src io.Reader) (n int64, readErr, err error) {
-	small, large := smallPool.Get().(*[]byte), (*[]byte)(nil)
-	defer func() {
-		smallPool.Put(small)
-		if large != nil {
-			largePool.Put(large)
-		}
-	}()
-	buf := *small
+	s := newSource(src)
+	var b buffers
+	defer b.release()
 	for {
-		nr, rerr := src.Read(buf)
+		nr, rerr := s.read(&b)
 		if nr > 0 {
-			nw, werr := dst.Write(buf[:nr])
+			nw, werr := dst.Write(b.buf()[:nr])
 			n += int64(nw)
 			if werr == nil && nw != nr {
 				werr = io.ErrShortWrite
@@ -122,15 +120,121 @@ func copyBuf(dst io.Writer, src io.Reader) (n int64, readErr, err error) {
 			}
 			return n, rerr, rerr
 		}
-		switch {
-		case nr == len(buf) && large == nil: // bulk: grow
-			large = largePool.Get().(*[]byte)
-			buf = *large
-		case nr < len(buf)/8 && large != nil: // light again: shrink
-			largePool.Put(large)
-			large, buf = nil, *small
+		switch size := len(b.buf()); {
+		case nr == size && !b.large: // bulk: grow
+			b.grow()
+		case nr < size/8 && b.large: // light again: shrink
+			b.release()
+		case nr < size && s.wait != nil:
+			// Not bulk: hold no buffer while waiting for the next bytes.
+			b.release()
 		}
 	}
+}
+
+// buffers is the one buffer a direction holds, from the small or the large
+// pool, or none while the connection is idle.
+type buffers struct {
+	p     *[]byte
+	large bool
+}
+
+// held counts the buffers copies hold now.
+var held atomic.Int64
+
+// HeldBuffers is how many copy buffers are in use: idle connections hold
+// none.
+func HeldBuffers() int64 { return held.Load() }
+
+func (b *buffers) buf() []byte {
+	if b.p == nil {
+		b.p, b.large = smallPool.Get().(*[]byte), false
+		held.Add(1)
+	}
+	return *b.p
+}
+
+func (b *buffers) grow() {
+	b.release()
+	b.p, b.large = largePool.Get().(*[]byte), true
+	held.Add(1)
+}
+
+func (b *buffers) release() {
+	switch {
+	case b.p == nil:
+		return
+	case b.large:
+		largePool.Put(b.p)
+	default:
+		smallPool.Put(b.p)
+	}
+	b.p = nil
+	held.Add(-1)
+}
+
+// ReadWaiter is a connection that can wait for bytes to read without
+// taking them (a native tunnel stream). Its errors come again from Read.
+type ReadWaiter interface {
+	WaitRead() error
+}
+
+// source reads a connection so that an idle one holds no buffer: a socket
+// is read with its raw file descriptor, giving the buffer back while it
+// waits for the poller; a ReadWaiter waits before a buffer is taken. Other
+// connections (TLS) are read plainly.
+type source struct {
+	r    io.Reader
+	raw  syscall.RawConn
+	wait ReadWaiter
+}
+
+func newSource(r io.Reader) *source {
+	s := &source{r: r}
+	switch c := r.(type) {
+	case *net.TCPConn, *net.UnixConn:
+		if rc, err := c.(syscall.Conn).SyscallConn(); err == nil {
+			s.raw = rc
+		}
+	case ReadWaiter:
+		s.wait = c
+	}
+	return s
+}
+
+func (s *source) read(b *buffers) (int, error) {
+	switch {
+	case s.raw != nil:
+		var n int
+		var err error
+		if rerr := s.raw.Read(func(fd uintptr) bool {
+			for {
+				n, err = syscall.Read(int(fd), b.buf())
+				switch err {
+				case syscall.EINTR:
+					continue
+				case syscall.EAGAIN:
+					b.release() // idle: wait for the poller without a buffer
+					return false
+				}
+				return true
+			}
+		}); rerr != nil {
+			return 0, rerr // closed, or a deadline
+		}
+		switch {
+		case err != nil:
+			return 0, os.NewSyscallError("read", err)
+		case n == 0:
+			return 0, io.EOF
+		}
+		return n, nil
+	case s.wait != nil && b.p == nil:
+		if err := s.wait.WaitRead(); err != nil {
+			return s.r.Read(b.buf()) // says the same error, the usual way
+		}
+	}
+	return s.r.Read(b.buf())
 }
 
 // abort makes the next Close of c abortive where the transport has one: a

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"path/filepath"
 	"syscall"
 	"testing"
 	"time"
@@ -132,4 +133,84 @@ func TestCutSourceResetsTheOtherSide(t *testing.T) {
 		t.Fatalf("client read %q, %v; want the partial data, then a reset", got, err)
 	}
 	client.Close()
+}
+
+// Idle connections hold no copy buffer (sockets are read through their raw
+// descriptors and give the buffer back while waiting), and wake up when
+// bytes come: bulk and light traffic both ways, over TCP and Unix sockets.
+func TestIdleHoldsNoBuffer(t *testing.T) {
+	for _, network := range []string{"tcp", "unix"} {
+		t.Run(network, func(t *testing.T) {
+			client, a := socketPair(t, network)
+			b, backend := socketPair(t, network)
+			done := make(chan Result, 1)
+			go func() { done <- Splice(a, b) }()
+			waitHeld := func(want int64) {
+				t.Helper()
+				deadline := time.Now().Add(10 * time.Second)
+				for HeldBuffers() != want {
+					if time.Now().After(deadline) {
+						t.Fatalf("%d copy buffers held; want %d", HeldBuffers(), want)
+					}
+					time.Sleep(5 * time.Millisecond)
+				}
+			}
+			roundTrip := func(n int) {
+				t.Helper()
+				msg := bytes.Repeat([]byte{'x'}, n)
+				go func() { _, _ = client.Write(msg) }()
+				got := make([]byte, n)
+				_ = backend.SetReadDeadline(time.Now().Add(10 * time.Second))
+				if _, err := io.ReadFull(backend, got); err != nil {
+					t.Fatalf("backend read %d: %v", n, err)
+				}
+				go func() { _, _ = backend.Write(got) }()
+				back := make([]byte, n)
+				_ = client.SetReadDeadline(time.Now().Add(10 * time.Second))
+				if _, err := io.ReadFull(client, back); err != nil {
+					t.Fatalf("client read %d: %v", n, err)
+				}
+				if !bytes.Equal(back, msg) {
+					t.Fatalf("%d bytes came back changed", n)
+				}
+			}
+			waitHeld(0)
+			roundTrip(10)
+			waitHeld(0)
+			roundTrip(8 << 20) // grows to the large buffer, then gives it back
+			waitHeld(0)
+			roundTrip(1)
+			waitHeld(0)
+			client.Close()
+			backend.Close()
+			if res := <-done; res.AtoB != 10+8<<20+1 || res.BtoA != res.AtoB {
+				t.Fatalf("result %+v", res)
+			}
+			waitHeld(0)
+		})
+	}
+}
+
+// socketPair returns both ends of a loopback TCP or Unix connection.
+func socketPair(t *testing.T, network string) (net.Conn, net.Conn) {
+	t.Helper()
+	if network == "tcp" {
+		return tcpPair(t)
+	}
+	ln, err := net.Listen("unix", filepath.Join(t.TempDir(), "s"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	acc := make(chan net.Conn, 1)
+	go func() { c, _ := ln.Accept(); acc <- c }()
+	c, err := net.Dial("unix", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := <-acc
+	if s == nil {
+		t.Fatal("accept failed")
+	}
+	return c, s
 }
