@@ -108,6 +108,23 @@ func (s *Connect) handle(c net.Conn) {
 	if s.Tracker != nil {
 		defer s.Tracker.Add()()
 	}
+	// The request is parsed and the dial made on a goroutine that ends
+	// then: the deep stacks of HTTP parsing, TLS and dialling go with it,
+	// and the long-lived copy goroutines keep small ones. (An idle
+	// connection costs mostly its goroutines' stacks.)
+	setup := make(chan net.Conn, 1)
+	go func() { setup <- s.connect(c) }()
+	tc := <-setup
+	if tc == nil {
+		return
+	}
+	res := splice.Splice(c, tc)
+	s.Log.Debug("connection finished", "remote", c.RemoteAddr().String(), "toBackend", res.AtoB, "fromBackend", res.BtoA, "err", res.Err)
+}
+
+// connect reads the CONNECT request, dials, and answers. It returns the
+// tunneled connection, or nil after it answered an error and closed c.
+func (s *Connect) connect(c net.Conn) net.Conn {
 	// TLS handshakes (TCP mode) happen on first read, under the same deadline.
 	_ = c.SetReadDeadline(time.Now().Add(HeaderTimeout))
 	br := bufio.NewReaderSize(c, 4096)
@@ -116,19 +133,19 @@ func (s *Connect) handle(c net.Conn) {
 		s.Log.Info("bad request on http-connect frontend", "remote", c.RemoteAddr(), "err", err)
 		reply(c, http.StatusBadRequest, "malformed request: "+err.Error())
 		_ = c.Close()
-		return
+		return nil
 	}
 	if req.Method != http.MethodConnect {
 		reply(c, http.StatusMethodNotAllowed, "only CONNECT is served here, got "+req.Method)
 		_ = c.Close()
-		return
+		return nil
 	}
 	address := req.Host
 	log := s.Log.With("frontend", "http-connect", "address", address, "remote", c.RemoteAddr().String())
 	if _, _, err := net.SplitHostPort(address); err != nil {
 		reply(c, http.StatusBadRequest, fmt.Sprintf("CONNECT target %q is not host:port", address))
 		_ = c.Close()
-		return
+		return nil
 	}
 
 	timeout := s.DialTimeout
@@ -152,7 +169,7 @@ func (s *Connect) handle(c net.Conn) {
 		log.Info("dial failed", "reason", reason, "err", err, "took", took)
 		reply(c, statusFor(reason), err.Error())
 		_ = c.Close()
-		return
+		return nil
 	}
 	if s.OnDial != nil {
 		s.OnDial("http-connect", "", took)
@@ -161,7 +178,7 @@ func (s *Connect) handle(c net.Conn) {
 	if _, err := c.Write([]byte("HTTP/1.1 200 Connection established\r\n\r\n")); err != nil {
 		_ = c.Close()
 		_ = tc.Close()
-		return
+		return nil
 	}
 	// Bytes the client sent after its header belong to the tunnel.
 	if n := br.Buffered(); n > 0 {
@@ -169,12 +186,11 @@ func (s *Connect) handle(c net.Conn) {
 		if _, err := tc.Write(b); err != nil {
 			_ = c.Close()
 			_ = tc.Close()
-			return
+			return nil
 		}
 	}
 	log.Debug("connected", "took", took)
-	res := splice.Splice(c, tc)
-	log.Debug("connection finished", "toBackend", res.AtoB, "fromBackend", res.BtoA, "err", res.Err)
+	return tc
 }
 
 // watchHangup cancels the dial when the client closes its connection while

@@ -129,12 +129,40 @@ func (l *AgentLink) Run(ctx context.Context, dial link.DialFunc) error {
 // closes the stream first), answer, then splice.
 func (l *AgentLink) serve(ctx context.Context, st *yamux.Stream, dial link.DialFunc) {
 	c := l.track(st)
+	// Header, dial and answer run on a goroutine that ends then: the deep
+	// stack of dialling goes with it, and the long-lived copy goroutines
+	// keep small ones (an idle connection costs mostly their stacks).
+	type dialed struct {
+		address string
+		backend net.Conn
+	}
+	setup := make(chan dialed, 1)
+	go func() {
+		var d dialed
+		d.address, d.backend = l.connect(ctx, c, st, dial)
+		setup <- d
+	}()
+	d := <-setup
+	if d.backend == nil {
+		return
+	}
+	res := splice.Splice(c, d.backend)
+	if l.opts.OnSplice != nil {
+		l.opts.OnSplice(d.address, res)
+	}
+	l.log.Debug("connection finished", "stream", st.StreamID(), "toBackend", res.AtoB, "fromBackend", res.BtoA, "err", res.Err)
+}
+
+// connect reads the dial header, dials (cancelled if the server closes the
+// stream first) and answers. It returns the address and the backend
+// connection, or no connection after it answered an error and closed c.
+func (l *AgentLink) connect(ctx context.Context, c *streamConn, st *yamux.Stream, dial link.DialFunc) (string, net.Conn) {
 	_ = st.SetReadDeadline(time.Now().Add(l.opts.Config.handshakeTimeout()))
 	address, err := readHeader(st)
 	if err != nil {
 		l.log.Warn("bad dial header", "err", err)
 		c.Close()
-		return
+		return address, nil
 	}
 	_ = st.SetReadDeadline(time.Time{})
 	log := l.log.With("stream", st.StreamID(), "address", address)
@@ -169,25 +197,21 @@ func (l *AgentLink) serve(ctx context.Context, st *yamux.Stream, dial link.DialF
 		}
 		log.Debug("dial cancelled by the server")
 		c.Close()
-		return
+		return address, nil
 	case err != nil:
 		log.Info("backend dial failed", "reason", reason, "err", err, "took", time.Since(start))
 		_ = writeAnswer(st, answerCode(reason), err.Error())
 		_ = c.CloseWrite()
 		c.Close()
-		return
+		return address, nil
 	}
 	if err := writeAnswer(st, 0, ""); err != nil {
 		backend.Close()
 		c.Close()
-		return
+		return address, nil
 	}
 	log.Debug("backend connected", "took", time.Since(start))
-	res := splice.Splice(c, backend)
-	if l.opts.OnSplice != nil {
-		l.opts.OnSplice(address, res)
-	}
-	log.Debug("connection finished", "toBackend", res.AtoB, "fromBackend", res.BtoA, "err", res.Err)
+	return address, backend
 }
 
 func isDeadline(err error) bool {

@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"net"
 	"sync"
+	"time"
 )
 
 // Writes on a native link are batched at two levels, because the libraries
@@ -71,18 +72,45 @@ const (
 )
 
 // frameWriter sits between yamux and the TLS connection. yamux writes from
-// one goroutine (its send loop): a header, then, for a data frame with a
-// body, the body. frameWriter holds such a header and writes it together
-// with its body.
+// one goroutine (its send loop), a frame at a time: a header, then, for a
+// data frame with a body, the body.
+//
+//   - A data frame's header is held and written with its body.
+//   - A large frame (bulk data) is written at once, header and body in one
+//     system call, without a copy.
+//   - Small frames (requests, answers, window updates, dial headers) are
+//     queued and written by a flusher goroutine: while it writes one batch,
+//     the next gathers, so a thousand busy connections share TLS records
+//     and system calls instead of paying one each (group commit).
+//
+// Order is kept: a large frame waits until the queue is written.
 type frameWriter struct {
 	net.Conn // the *tls.Conn; reads and everything else pass through
 	raw      *RawConn
 	held     []byte // a data frame header waiting for its body
 	buf      []byte
+
+	mu       sync.Mutex
+	cond     sync.Cond
+	queue    []byte // small frames waiting for the flusher
+	spare    []byte
+	writing  bool  // a batch or a large frame is being written
+	err      error // the first write error; every later write returns it
+	closed   bool
+	flushing bool // the flusher goroutine runs
+	done     chan struct{}
 }
 
+const (
+	// directFrame: frames this large are written at once, not queued.
+	directFrame = 16<<10 + yamuxHeaderSize + 1
+	// maxQueue bounds the queue; yamux's send loop waits beyond it.
+	maxQueue = 256 << 10
+)
+
 func newFrameWriter(c net.Conn) net.Conn {
-	fw := &frameWriter{Conn: c, held: make([]byte, 0, yamuxHeaderSize)}
+	fw := &frameWriter{Conn: c, held: make([]byte, 0, yamuxHeaderSize), done: make(chan struct{})}
+	fw.cond.L = &fw.mu
 	if tc, ok := c.(*tls.Conn); ok {
 		fw.raw, _ = tc.NetConn().(*RawConn)
 	}
@@ -94,30 +122,132 @@ func (f *frameWriter) Write(p []byte) (int, error) {
 		f.held = append(f.held, p...)
 		return len(p), nil
 	}
-	var err error
-	switch {
-	case f.raw != nil:
-		// Header and body as two TLS records, in one system call: no
-		// copy of the body to put them side by side.
-		err = f.raw.batch(func() error {
-			if len(f.held) > 0 {
-				if _, err := f.Conn.Write(f.held); err != nil {
-					return err
-				}
-			}
-			_, err := f.Conn.Write(p)
-			return err
-		})
-		f.held = f.held[:0]
-	case len(f.held) > 0:
-		f.buf = append(append(f.buf[:0], f.held...), p...)
-		f.held = f.held[:0]
-		_, err = f.Conn.Write(f.buf)
-	default:
-		_, err = f.Conn.Write(p)
+	hdr := f.held
+	f.held = f.held[:0]
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if len(hdr)+len(p) < directFrame {
+		for f.err == nil && !f.closed && len(f.queue) >= maxQueue {
+			f.cond.Wait()
+		}
+		if err := f.failed(); err != nil {
+			return 0, err
+		}
+		f.queue = append(append(f.queue, hdr...), p...)
+		if !f.flushing {
+			f.flushing = true
+			go f.flush()
+		}
+		f.cond.Broadcast()
+		return len(p), nil
 	}
+	for f.err == nil && !f.closed && (f.writing || len(f.queue) > 0) {
+		f.cond.Wait()
+	}
+	if err := f.failed(); err != nil {
+		return 0, err
+	}
+	f.writing = true
+	f.mu.Unlock()
+	err := f.write(hdr, p)
+	f.mu.Lock()
+	f.writing = false
+	if err != nil && f.err == nil {
+		f.err = err
+	}
+	f.cond.Broadcast()
 	if err != nil {
 		return 0, err
 	}
 	return len(p), nil
+}
+
+func (f *frameWriter) failed() error {
+	switch {
+	case f.err != nil:
+		return f.err
+	case f.closed:
+		return net.ErrClosed
+	}
+	return nil
+}
+
+// flush writes the queue, a batch at a time, until the writer closes or
+// fails; it idles on the condition between batches.
+func (f *frameWriter) flush() {
+	defer close(f.done)
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for {
+		for f.err == nil && !f.closed && (len(f.queue) == 0 || f.writing) {
+			f.cond.Wait()
+		}
+		if f.err != nil || f.closed {
+			return
+		}
+		batch := f.queue
+		f.queue, f.writing = f.spare[:0], true
+		f.mu.Unlock()
+		err := f.write(nil, batch)
+		f.mu.Lock()
+		f.spare, f.writing = batch[:0], false
+		if err != nil && f.err == nil {
+			f.err = err
+		}
+		f.cond.Broadcast()
+	}
+}
+
+// write puts hdr and body on the wire: TLS records gathered into one
+// system call under a RawConn, or one TLS write otherwise.
+func (f *frameWriter) write(hdr, body []byte) error {
+	if f.raw != nil {
+		return f.raw.batch(func() error {
+			if len(hdr) > 0 {
+				if _, err := f.Conn.Write(hdr); err != nil {
+					return err
+				}
+			}
+			_, err := f.Conn.Write(body)
+			return err
+		})
+	}
+	if len(hdr) > 0 {
+		f.buf = append(append(f.buf[:0], hdr...), body...)
+		body = f.buf
+	}
+	_, err := f.Conn.Write(body)
+	return err
+}
+
+// closeFlushTimeout bounds how long Close waits for queued frames to go
+// out (a peer that stopped reading).
+const closeFlushTimeout = time.Second
+
+// Close writes what is queued (within closeFlushTimeout), stops the
+// flusher and closes the connection.
+func (f *frameWriter) Close() error {
+	f.mu.Lock()
+	if f.flushing && !f.closed {
+		t := time.AfterFunc(closeFlushTimeout, func() {
+			f.mu.Lock()
+			f.closed = true
+			f.cond.Broadcast()
+			f.mu.Unlock()
+			_ = f.Conn.Close() // unblocks a stuck write
+		})
+		for f.err == nil && !f.closed && (len(f.queue) > 0 || f.writing) {
+			f.cond.Wait()
+		}
+		t.Stop()
+	}
+	f.closed = true
+	running := f.flushing
+	f.cond.Broadcast()
+	f.mu.Unlock()
+	err := f.Conn.Close()
+	if running {
+		<-f.done
+	}
+	return err
 }
