@@ -1,6 +1,6 @@
 # isthmus — see README.md. Every target builds or installs what it needs.
 SHELL   := /bin/bash
-MODULES := tunnel certs proxy-server proxy-agent isthmus integration
+MODULES := tunnel certs egress cni proxy-server proxy-agent isthmus integration
 BIN     := $(CURDIR)/bin
 VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 GO      ?= go
@@ -42,7 +42,7 @@ test: deps lint
 	done
 
 test-unit: lint
-	@set -e; for m in tunnel certs proxy-server proxy-agent isthmus; do \
+	@set -e; for m in tunnel certs egress cni proxy-server proxy-agent isthmus; do \
 		(cd $$m && $(GO) test -race -count=1 ./...); \
 	done
 

@@ -1,16 +1,22 @@
 // Package certs is isthmus's PKI: a CA, and the certificates it issues to
-// the proxy-server (agent port, frontend), to agents and to kube-apiserver.
-// Keys are ECDSA P-256. Files are written atomically; keys with mode 0600.
+// the proxy-server (agent port, frontend), to agents and to kube-apiserver;
+// expiry checks; and a TLS configuration that re-reads its certificates
+// from disk when they change (Reloader), for the server and the agent.
+//
+// Keys are ECDSA P-256 unless RSA is asked for. Files are written
+// atomically, keys with mode 0600, and never over an existing file unless
+// the caller says so (WriteFiles).
+//
+// The proxy-server's kubeconfig lives in the subpackage kubeconfig, so that
+// importing this package does not pull in client-go.
 package certs
 
 import (
 	"crypto"
-	"crypto/ecdsa"
-	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/rsa"
 	"crypto/x509"
 	"crypto/x509/pkix"
-	"encoding/pem"
 	"errors"
 	"fmt"
 	"math/big"
@@ -20,8 +26,15 @@ import (
 	"time"
 )
 
-// DefaultValidity of issued certificates; CAs get ten times as long.
-const DefaultValidity = 365 * 24 * time.Hour
+// DefaultValidity of issued certificates; CAs get DefaultCAValidity.
+const (
+	DefaultValidity   = 365 * 24 * time.Hour
+	DefaultCAValidity = 10 * DefaultValidity
+)
+
+// backdate is how far before "now" a certificate becomes valid, so that
+// peers with slightly slow clocks accept it at once.
+const backdate = time.Minute
 
 // CA is a certificate authority able to issue certificates.
 type CA struct {
@@ -31,34 +44,62 @@ type CA struct {
 	KeyPEM  []byte
 }
 
-// NewCA creates a self-signed CA.
+// CARequest describes a CA to create.
+type CARequest struct {
+	// CommonName of the CA; "" means "isthmus-ca".
+	CommonName string
+	// Validity from NotBefore; 0 means DefaultCAValidity.
+	Validity time.Duration
+	// NotBefore; zero means one minute ago.
+	NotBefore time.Time
+	// Key to generate; the zero value is ECDSA P-256.
+	Key KeySpec
+}
+
+// NewCA creates a self-signed ECDSA P-256 CA; validity 0 means
+// DefaultCAValidity. NewCAFor takes every option.
 func NewCA(commonName string, validity time.Duration) (*CA, error) {
-	if validity <= 0 {
-		validity = 10 * DefaultValidity
+	return NewCAFor(CARequest{CommonName: commonName, Validity: validity})
+}
+
+// NewCAFor creates a self-signed CA.
+func NewCAFor(r CARequest) (*CA, error) {
+	if r.CommonName == "" {
+		r.CommonName = "isthmus-ca"
 	}
-	now := time.Now()
+	if r.Validity <= 0 {
+		r.Validity = DefaultCAValidity
+	}
+	notBefore := r.NotBefore
+	if notBefore.IsZero() {
+		notBefore = time.Now().Add(-backdate)
+	}
 	tmpl := &x509.Certificate{
-		Subject:               pkix.Name{CommonName: commonName},
-		NotBefore:             now.Add(-time.Minute),
-		NotAfter:              now.Add(validity),
+		Subject:               pkix.Name{CommonName: r.CommonName},
+		NotBefore:             notBefore,
+		NotAfter:              notBefore.Add(r.Validity),
 		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign | x509.KeyUsageDigitalSignature,
 		BasicConstraintsValid: true,
 		IsCA:                  true,
 		MaxPathLenZero:        true,
 	}
-	p, key, err := create(tmpl, nil, nil)
+	p, key, err := create(tmpl, r.Key, nil, nil)
 	if err != nil {
-		return nil, fmt.Errorf("create CA: %w", err)
+		return nil, fmt.Errorf("create CA %q: %w", r.CommonName, err)
 	}
 	return &CA{Cert: p.Cert, Key: key, CertPEM: p.CertPEM, KeyPEM: p.KeyPEM}, nil
 }
 
-// create makes a key and a certificate from tmpl, signed by parent's key
-// (self-signed when parent is nil).
-func create(tmpl, parent *x509.Certificate, parentKey crypto.Signer) (*Pair, crypto.Signer, error) {
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+// create makes a key of spec and a certificate from tmpl, signed by
+// parent's key (self-signed when parent is nil).
+func create(tmpl *x509.Certificate, spec KeySpec, parent *x509.Certificate, parentKey crypto.Signer) (*Pair, crypto.Signer, error) {
+	key, err := spec.generate()
 	if err != nil {
-		return nil, nil, fmt.Errorf("generate key: %w", err)
+		return nil, nil, err
+	}
+	if _, ok := key.(*rsa.PrivateKey); ok && !tmpl.IsCA {
+		// TLS 1.2 RSA key exchange needs it; harmless otherwise.
+		tmpl.KeyUsage |= x509.KeyUsageKeyEncipherment
 	}
 	if tmpl.SerialNumber, err = serialNumber(); err != nil {
 		return nil, nil, err
@@ -68,11 +109,11 @@ func create(tmpl, parent *x509.Certificate, parentKey crypto.Signer) (*Pair, cry
 	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, parent, key.Public(), parentKey)
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, fmt.Errorf("sign certificate: %w", err)
 	}
 	cert, err := x509.ParseCertificate(der)
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, fmt.Errorf("parse signed certificate: %w", err)
 	}
 	keyPEM, err := encodeKey(key)
 	if err != nil {
@@ -81,7 +122,10 @@ func create(tmpl, parent *x509.Certificate, parentKey crypto.Signer) (*Pair, cry
 	return &Pair{Cert: cert, CertPEM: pemBlock("CERTIFICATE", der), KeyPEM: keyPEM}, key, nil
 }
 
-// LoadCA reads a CA's certificate and key from PEM files.
+// LoadCA reads a CA's certificate and key from PEM files. The key may be
+// PKCS#8, PKCS#1 or SEC 1 (so kubeadm's /etc/kubernetes/pki/ca.key works);
+// it must match the certificate, and the certificate must be a CA allowed
+// to sign certificates.
 func LoadCA(certFile, keyFile string) (*CA, error) {
 	certPEM, err := os.ReadFile(certFile)
 	if err != nil {
@@ -91,23 +135,22 @@ func LoadCA(certFile, keyFile string) (*CA, error) {
 	if err != nil {
 		return nil, fmt.Errorf("read CA key: %w", err)
 	}
-	cert, err := parseCertPEM(certPEM)
+	certs, err := ParseCertificatesPEM(certPEM)
 	if err != nil {
-		return nil, fmt.Errorf("%s: %w", certFile, err)
+		return nil, fmt.Errorf("CA certificate %s: %w", certFile, err)
 	}
-	kb, _ := pem.Decode(keyPEM)
-	if kb == nil {
-		return nil, fmt.Errorf("%s: no PEM key", keyFile)
+	cert := certs[0]
+	if !cert.IsCA || cert.KeyUsage&x509.KeyUsageCertSign == 0 {
+		return nil, fmt.Errorf("CA certificate %s: %q is not a CA allowed to sign certificates", certFile, cert.Subject.CommonName)
 	}
-	k, err := x509.ParsePKCS8PrivateKey(kb.Bytes)
+	key, err := ParsePrivateKeyPEM(keyPEM)
 	if err != nil {
-		return nil, fmt.Errorf("%s: %w", keyFile, err)
+		return nil, fmt.Errorf("CA key %s: %w", keyFile, err)
 	}
-	signer, ok := k.(crypto.Signer)
-	if !ok {
-		return nil, fmt.Errorf("%s: key cannot sign", keyFile)
+	if !publicKeysEqual(cert.PublicKey, key.Public()) {
+		return nil, fmt.Errorf("CA key %s does not belong to the certificate %s", keyFile, certFile)
 	}
-	return &CA{Cert: cert, Key: signer, CertPEM: certPEM, KeyPEM: keyPEM}, nil
+	return &CA{Cert: cert, Key: key, CertPEM: certPEM, KeyPEM: keyPEM}, nil
 }
 
 // Request describes a certificate to issue.
@@ -118,7 +161,13 @@ type Request struct {
 	IPs          []net.IP
 	Server       bool // extended key usage serverAuth
 	Client       bool // extended key usage clientAuth
-	Validity     time.Duration
+	// Validity from NotBefore; 0 means DefaultValidity. The certificate
+	// never outlives its CA: NotAfter is capped at the CA's.
+	Validity time.Duration
+	// NotBefore; zero means one minute ago.
+	NotBefore time.Time
+	// Key to generate; the zero value is ECDSA P-256.
+	Key KeySpec
 }
 
 // Pair is an issued certificate and its key, PEM encoded.
@@ -133,14 +182,24 @@ func (ca *CA) Issue(r Request) (*Pair, error) {
 	if !r.Server && !r.Client {
 		return nil, errors.New("issue: a certificate must be for a server, a client or both")
 	}
+	if r.Server && len(r.DNSNames) == 0 && len(r.IPs) == 0 {
+		return nil, fmt.Errorf("issue %q: a server certificate needs at least one DNS name or IP address", r.CommonName)
+	}
 	if r.Validity <= 0 {
 		r.Validity = DefaultValidity
 	}
-	now := time.Now()
+	notBefore := r.NotBefore
+	if notBefore.IsZero() {
+		notBefore = time.Now().Add(-backdate)
+	}
+	notAfter := notBefore.Add(r.Validity)
+	if notAfter.After(ca.Cert.NotAfter) {
+		notAfter = ca.Cert.NotAfter
+	}
 	tmpl := &x509.Certificate{
 		Subject:     pkix.Name{CommonName: r.CommonName, Organization: r.Organization},
-		NotBefore:   now.Add(-time.Minute),
-		NotAfter:    now.Add(r.Validity),
+		NotBefore:   notBefore,
+		NotAfter:    notAfter,
 		KeyUsage:    x509.KeyUsageDigitalSignature,
 		DNSNames:    r.DNSNames,
 		IPAddresses: r.IPs,
@@ -151,64 +210,34 @@ func (ca *CA) Issue(r Request) (*Pair, error) {
 	if r.Client {
 		tmpl.ExtKeyUsage = append(tmpl.ExtKeyUsage, x509.ExtKeyUsageClientAuth)
 	}
-	p, _, err := create(tmpl, ca.Cert, ca.Key)
+	p, _, err := create(tmpl, r.Key, ca.Cert, ca.Key)
 	if err != nil {
 		return nil, fmt.Errorf("issue %q: %w", r.CommonName, err)
 	}
 	return p, nil
 }
 
-// WritePair writes name.crt (0644) and name.key (0600) into dir, atomically.
+// WritePair writes name.crt (0644) and name.key (0600) into dir, atomically,
+// replacing files of those names.
 func (p *Pair) WritePair(dir, name string) (certFile, keyFile string, err error) {
 	certFile, keyFile = filepath.Join(dir, name+".crt"), filepath.Join(dir, name+".key")
-	if err := WriteFileAtomic(keyFile, p.KeyPEM, 0o600); err != nil {
-		return "", "", err
-	}
-	if err := WriteFileAtomic(certFile, p.CertPEM, 0o644); err != nil {
+	if err := WriteFiles(p.Files(certFile, keyFile), true); err != nil {
 		return "", "", err
 	}
 	return certFile, keyFile, nil
 }
 
-// WriteFileAtomic writes data to path through a temporary file in the same
-// directory and a rename, so readers see the old file or the new, never a
-// part.
-func WriteFileAtomic(path string, data []byte, mode os.FileMode) error {
-	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp*")
-	if err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
+// Files are the certificate (0644) and key (0600) files of p, for WriteFiles.
+func (p *Pair) Files(certFile, keyFile string) []File {
+	return []File{
+		{Path: keyFile, Data: p.KeyPEM, Mode: 0o600},
+		{Path: certFile, Data: p.CertPEM, Mode: 0o644},
 	}
-	tmp := f.Name()
-	fail := func(err error) error {
-		_ = f.Close()
-		_ = os.Remove(tmp)
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	if err := f.Chmod(mode); err != nil {
-		return fail(err)
-	}
-	if _, err := f.Write(data); err != nil {
-		return fail(err)
-	}
-	if err := f.Sync(); err != nil {
-		return fail(err)
-	}
-	if err := f.Close(); err != nil {
-		return fail(err)
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		_ = os.Remove(tmp)
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	return nil
 }
 
-func parseCertPEM(b []byte) (*x509.Certificate, error) {
-	blk, _ := pem.Decode(b)
-	if blk == nil || blk.Type != "CERTIFICATE" {
-		return nil, errors.New("no PEM certificate")
-	}
-	return x509.ParseCertificate(blk.Bytes)
+// Files are the certificate (0644) and key (0600) files of ca.
+func (ca *CA) Files(certFile, keyFile string) []File {
+	return (&Pair{CertPEM: ca.CertPEM, KeyPEM: ca.KeyPEM}).Files(certFile, keyFile)
 }
 
 func serialNumber() (*big.Int, error) {
@@ -217,16 +246,4 @@ func serialNumber() (*big.Int, error) {
 		return nil, fmt.Errorf("serial number: %w", err)
 	}
 	return n.Add(n, big.NewInt(1)), nil
-}
-
-func encodeKey(k crypto.Signer) ([]byte, error) {
-	der, err := x509.MarshalPKCS8PrivateKey(k)
-	if err != nil {
-		return nil, fmt.Errorf("encode key: %w", err)
-	}
-	return pemBlock("PRIVATE KEY", der), nil
-}
-
-func pemBlock(typ string, der []byte) []byte {
-	return pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der})
 }

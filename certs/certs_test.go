@@ -79,9 +79,9 @@ func loadCert(t *testing.T, file string) *x509.Certificate {
 	if err != nil {
 		t.Fatal(err)
 	}
-	c, err := parseCertPEM(pemBytes)
+	c, err := ParseCertificatesPEM(pemBytes)
 	if err != nil {
 		t.Fatalf("%s: %v", file, err)
 	}
-	return c
+	return c[0]
 }

@@ -24,15 +24,12 @@ func NewBundle(dir string, extraHosts ...string) (*Bundle, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("bundle dir: %w", err)
 	}
-	ca, err := NewCA("isthmus-ca", 0)
+	ca, err := NewCAFor(CARequest{})
 	if err != nil {
 		return nil, err
 	}
 	b := &Bundle{Dir: dir, CACert: filepath.Join(dir, "ca.crt"), CAKey: filepath.Join(dir, "ca.key")}
-	if err := WriteFileAtomic(b.CAKey, ca.KeyPEM, 0o600); err != nil {
-		return nil, err
-	}
-	if err := WriteFileAtomic(b.CACert, ca.CertPEM, 0o644); err != nil {
+	if err := WriteFiles(ca.Files(b.CACert, b.CAKey), true); err != nil {
 		return nil, err
 	}
 	dns := []string{"localhost"}
@@ -52,16 +49,16 @@ func NewBundle(dir string, extraHosts ...string) (*Bundle, error) {
 		*cert, *key, err = p.WritePair(dir, name)
 		return err
 	}
-	if err := issue("agent-port", Request{CommonName: "proxy-server", DNSNames: dns, IPs: ips, Server: true}, &b.AgentPortCert, &b.AgentPortKey); err != nil {
+	if err := issue("agent-port", Request{CommonName: AgentPortCN, DNSNames: dns, IPs: ips, Server: true}, &b.AgentPortCert, &b.AgentPortKey); err != nil {
 		return nil, err
 	}
-	if err := issue("frontend", Request{CommonName: "proxy-server-frontend", DNSNames: dns, IPs: ips, Server: true}, &b.FrontendCert, &b.FrontendKey); err != nil {
+	if err := issue("frontend", Request{CommonName: FrontendCN, DNSNames: dns, IPs: ips, Server: true}, &b.FrontendCert, &b.FrontendKey); err != nil {
 		return nil, err
 	}
-	if err := issue("apiserver-client", Request{CommonName: "system:kube-apiserver", Client: true}, &b.ClientCert, &b.ClientKey); err != nil {
+	if err := issue("apiserver-client", ClientRequest(APIServerClientCN), &b.ClientCert, &b.ClientKey); err != nil {
 		return nil, err
 	}
-	if err := issue("agent", Request{CommonName: "system:konnectivity-agent", Client: true}, &b.AgentCert, &b.AgentKey); err != nil {
+	if err := issue("agent", ClientRequest(AgentCN), &b.AgentCert, &b.AgentKey); err != nil {
 		return nil, err
 	}
 	return b, nil

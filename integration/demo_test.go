@@ -15,7 +15,7 @@ import (
 // TestDemo runs what `make demo` runs, against the binaries under test, and
 // checks that both requests crossed the tunnel and everything stopped.
 func TestDemo(t *testing.T) {
-	leakCheck(t)
+	harness.LeakCheck(t)
 	var out bytes.Buffer
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()

@@ -237,7 +237,7 @@ func TestFaultDialRefused(t *testing.T) {
 	closed := net.JoinHostPort("127.0.0.1", strconv.Itoa(harness.FreePort(t)))
 	for _, c := range faultCases {
 		t.Run(c.name(), func(t *testing.T) {
-			leakCheck(t)
+			harness.LeakCheck(t)
 			s, a := faultStartPair(t, pki, c, nil, nil)
 			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 			defer cancel()
@@ -266,7 +266,7 @@ func TestFaultDialTimeout(t *testing.T) {
 	target := bh.Addr(faultBlackholePort)
 	for _, c := range faultCases {
 		t.Run(c.name(), func(t *testing.T) {
-			leakCheck(t)
+			harness.LeakCheck(t)
 			s, a := faultStartPair(t, pki, c, nil, []string{"--backend-dial-timeout=2s"})
 			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 			defer cancel()
@@ -370,7 +370,7 @@ func TestFaultDialCancelled(t *testing.T) {
 	long := []string{"--backend-dial-timeout=60s"}
 	for _, c := range faultCases {
 		t.Run(c.name(), func(t *testing.T) {
-			leakCheck(t)
+			harness.LeakCheck(t)
 			s, a := faultStartPair(t, pki, c, long, long)
 			for n := 1; n <= 2; n++ {
 				faultCancelPending(t, bh, s, a, c.mode == harness.GRPC, n, func(ctx context.Context) (net.Conn, error) {
@@ -388,7 +388,7 @@ func TestFaultDialCancelled(t *testing.T) {
 	// konnectivity-client's reusable tunnel: one gRPC connection, a stream
 	// per dial. A cancelled dial ends its stream only; the tunnel goes on.
 	t.Run("grpc-reusable/uds", func(t *testing.T) {
-		leakCheck(t)
+		harness.LeakCheck(t)
 		s, a := faultStartPair(t, pki, faultCase{harness.GRPC, harness.UDS}, long, long)
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
@@ -425,7 +425,7 @@ func TestFaultServerDialTimeout(t *testing.T) {
 	target := bh.Addr(faultBlackholePort)
 	for _, c := range faultCases {
 		t.Run(c.name(), func(t *testing.T) {
-			leakCheck(t)
+			harness.LeakCheck(t)
 			s, a := faultStartPair(t, pki, c, []string{"--backend-dial-timeout=1s"}, []string{"--backend-dial-timeout=60s"})
 			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 			defer cancel()
@@ -454,7 +454,7 @@ func TestFaultAgentKilledMidDial(t *testing.T) {
 	long := []string{"--backend-dial-timeout=60s"}
 	for _, c := range faultCases {
 		t.Run(c.name(), func(t *testing.T) {
-			leakCheck(t)
+			harness.LeakCheck(t)
 			s, a := faultStartPair(t, pki, c, long, long)
 			p := faultDialAsync(t, func(ctx context.Context) (net.Conn, error) { return s.Dial(ctx, target) })
 			harness.WaitFor(t, 10*time.Second, "the agent dialing the black hole", func() bool { return bh.Sockets(t) > 0 })
@@ -483,7 +483,7 @@ func TestFaultNoAgent(t *testing.T) {
 	echo := harness.StartBackend(t, harness.Echo)
 	for _, c := range faultCases {
 		t.Run(c.name(), func(t *testing.T) {
-			leakCheck(t)
+			harness.LeakCheck(t)
 			s := harness.StartServer(t, bins, pki, harness.ServerOpts{Mode: c.mode, Transport: c.transport})
 			if code := harness.HTTPStatus(s.ReadyURL()); code != http.StatusServiceUnavailable {
 				t.Fatalf("server /readyz without an agent = %d; want 503", code)
@@ -517,7 +517,7 @@ func TestFaultAgentKilled(t *testing.T) {
 	const conns = 4
 	for _, c := range faultCases {
 		t.Run(c.name(), func(t *testing.T) {
-			leakCheck(t)
+			harness.LeakCheck(t)
 			s := harness.StartServer(t, bins, pki, harness.ServerOpts{Mode: c.mode, Transport: c.transport})
 			victim := harness.StartAgent(t, bins, s, harness.AgentOpts{})
 			survivor := harness.StartAgent(t, bins, s, harness.AgentOpts{})
@@ -604,7 +604,7 @@ func faultRestart(t *testing.T, what string,
 	echo := harness.StartBackend(t, harness.Echo)
 	for _, c := range faultCases {
 		t.Run(c.name(), func(t *testing.T) {
-			leakCheck(t)
+			harness.LeakCheck(t)
 			s, a := faultStartPair(t, pki, c, nil, nil)
 			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 			defer cancel()

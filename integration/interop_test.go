@@ -439,7 +439,7 @@ func interopMatrix(t *testing.T, server, agent harness.Impl) {
 	for _, mode := range []string{harness.GRPC, harness.HTTPConnect} {
 		for _, tr := range []string{harness.UDS, harness.TCP} {
 			t.Run(mode+"/"+tr, func(t *testing.T) {
-				leakCheck(t)
+				harness.LeakCheck(t)
 				s := harness.StartServer(t, bins, pki, harness.ServerOpts{Impl: server, Mode: mode, Transport: tr})
 				a := harness.StartAgent(t, bins, s, harness.AgentOpts{Impl: agent})
 				a.WaitReady(t)
@@ -480,7 +480,7 @@ func echoOnce(t *testing.T, s *harness.Server, addr string) {
 // TestInteropServerHeaders: the serverID and serverCount headers our
 // server sends are accepted and understood by upstream's agent.
 func TestInteropServerHeaders(t *testing.T) {
-	leakCheck(t)
+	harness.LeakCheck(t)
 	pki := harness.NewPKI(t)
 	b := harness.StartBackend(t, labHandler)
 	id := "isthmus-interop-" + strconv.Itoa(harness.FreePort(t))
@@ -517,7 +517,7 @@ func TestInteropAgentIdentifiers(t *testing.T) {
 	const unknownHost = "node-b.interop.test:80" // no agent names it
 
 	t.Run("isthmus-agent/upstream-server", func(t *testing.T) {
-		leakCheck(t)
+		harness.LeakCheck(t)
 		b := harness.StartBackend(t, labHandler)
 		// destHost alone: a dial reaches an agent only through its identifiers.
 		s := harness.StartServer(t, bins, pki, harness.ServerOpts{Impl: harness.Upstream,
@@ -543,7 +543,7 @@ func TestInteropAgentIdentifiers(t *testing.T) {
 	})
 
 	t.Run("upstream-agent/isthmus-server", func(t *testing.T) {
-		leakCheck(t)
+		harness.LeakCheck(t)
 		b := harness.StartBackend(t, labHandler)
 		s := harness.StartServer(t, bins, pki, harness.ServerOpts{Mode: harness.HTTPConnect,
 			Extra: []string{"--proxy-strategies=destHost"}})

@@ -5,8 +5,6 @@ import (
 	"os"
 	"testing"
 
-	"go.uber.org/goleak"
-
 	"isthmus.dev/integration/harness"
 )
 
@@ -22,12 +20,4 @@ func TestMain(m *testing.M) {
 	code := m.Run()
 	harness.Cleanup()
 	os.Exit(code)
-}
-
-// leakCheck fails t if goroutines started during the test outlive it (after
-// the test's own cleanups ran).
-func leakCheck(t *testing.T) {
-	t.Helper()
-	opts := []goleak.Option{goleak.IgnoreCurrent()}
-	t.Cleanup(func() { goleak.VerifyNone(t, opts...) })
 }

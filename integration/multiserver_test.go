@@ -17,7 +17,7 @@ import (
 // each; losing one server leaves the other serving, and the agent gets the
 // lost one back by itself.
 func TestAgentHoldsATunnelToEachListedServer(t *testing.T) {
-	leakCheck(t)
+	harness.LeakCheck(t)
 	pki, err := certs.NewBundle(t.TempDir(), "127.0.0.2")
 	if err != nil {
 		t.Fatal(err)

@@ -60,7 +60,7 @@ func TestAgentDrainOnSIGTERM(t *testing.T) {
 	echo := harness.StartBackend(t, harness.Echo)
 	for _, mode := range []string{harness.GRPC, harness.HTTPConnect} {
 		t.Run(mode, func(t *testing.T) {
-			leakCheck(t)
+			harness.LeakCheck(t)
 			s := harness.StartServer(t, bins, pki, harness.ServerOpts{Mode: mode})
 			// The other agent is the busier one: without DRAIN, least-loaded
 			// routing would send new dials to the agent being drained.
@@ -108,7 +108,7 @@ func TestAgentDrainOnSIGTERM(t *testing.T) {
 // gets SIGTERM stops taking clients at once, lets the open connection finish,
 // and exits as soon as it has.
 func TestServerGracefulShutdown(t *testing.T) {
-	leakCheck(t)
+	harness.LeakCheck(t)
 	pki := harness.NewPKI(t)
 	echo := harness.StartBackend(t, harness.Echo)
 	s := harness.StartServer(t, bins, pki, harness.ServerOpts{Mode: harness.HTTPConnect,

@@ -18,7 +18,7 @@ func TestFrontendsAndTransports(t *testing.T) {
 	for _, mode := range []string{harness.GRPC, harness.HTTPConnect} {
 		for _, tr := range []string{harness.UDS, harness.TCP} {
 			t.Run(mode+"/"+tr, func(t *testing.T) {
-				leakCheck(t)
+				harness.LeakCheck(t)
 				s := harness.StartServer(t, bins, pki, harness.ServerOpts{Mode: mode, Transport: tr})
 				a := harness.StartAgent(t, bins, s, harness.AgentOpts{})
 				a.WaitReady(t)

@@ -53,7 +53,7 @@ func xferEachFrontendLink(t *testing.T, agentFlags []string, transports []string
 	for _, mode := range []string{harness.GRPC, harness.HTTPConnect} {
 		for _, tr := range transports {
 			t.Run(mode+"/"+tr, func(t *testing.T) {
-				leakCheck(t)
+				harness.LeakCheck(t)
 				var flags []string
 				if extra != nil {
 					flags = extra(mode, tr)
@@ -208,22 +208,22 @@ var (
 func TestDataTransfer(t *testing.T) {
 	xferEachFrontend(t, xferTransports, xferBigQueue(xferBigTransfer), func(t *testing.T, s *harness.Server) {
 		t.Run("up-1MiB", func(t *testing.T) {
-			leakCheck(t)
+			harness.LeakCheck(t)
 			xferUpload(t, s, 1*xferMiB, 32*xferKiB+1, time.Minute)
 		})
 		t.Run("down-1MiB", func(t *testing.T) {
-			leakCheck(t)
+			harness.LeakCheck(t)
 			xferDownload(t, s, 1*xferMiB, time.Minute)
 		})
 		if xferBigTransfer[s.Opts.Mode] != s.Opts.Transport {
 			return
 		}
 		t.Run("up-100MiB", func(t *testing.T) {
-			leakCheck(t)
+			harness.LeakCheck(t)
 			xferUpload(t, s, 100*xferMiB, 1*xferMiB-3, 3*time.Minute)
 		})
 		t.Run("down-100MiB", func(t *testing.T) {
-			leakCheck(t)
+			harness.LeakCheck(t)
 			xferDownload(t, s, 100*xferMiB, 3*time.Minute)
 		})
 	})
@@ -364,13 +364,13 @@ func TestDataClose(t *testing.T) {
 		// The backend sends an odd-sized answer and closes: the client reads
 		// all of it, then EOF.
 		t.Run("backend-first", func(t *testing.T) {
-			leakCheck(t)
+			harness.LeakCheck(t)
 			xferDownload(t, s, 100003, 30*time.Second)
 		})
 
 		// The backend answers a request and closes while the client is idle.
 		t.Run("backend-first-after-request", func(t *testing.T) {
-			leakCheck(t)
+			harness.LeakCheck(t)
 			ctx := xferCtx(t, 30*time.Second)
 			p := harness.NewPattern(3)
 			b := harness.StartBackend(t, func(c net.Conn) {
@@ -393,7 +393,7 @@ func TestDataClose(t *testing.T) {
 
 		// The client closes an idle connection: the backend sees EOF.
 		t.Run("client-first", func(t *testing.T) {
-			leakCheck(t)
+			harness.LeakCheck(t)
 			ctx := xferCtx(t, 30*time.Second)
 			ended := make(chan error, 1)
 			b := harness.StartBackend(t, func(c net.Conn) {
@@ -426,7 +426,7 @@ func TestDataClose(t *testing.T) {
 		// The client closes while the backend is still sending: the backend's
 		// writes fail and its connection is closed.
 		t.Run("client-first-mid-download", func(t *testing.T) {
-			leakCheck(t)
+			harness.LeakCheck(t)
 			ctx := xferCtx(t, 30*time.Second)
 			p := harness.NewPattern(4)
 			b := harness.StartBackend(t, harness.Source(p, 1<<40, 64*xferKiB))
@@ -443,7 +443,7 @@ func TestDataClose(t *testing.T) {
 		// still reach the backend: the agent writes out what it has queued
 		// before it closes the backend connection (upstream drops it).
 		t.Run("client-write-then-close", func(t *testing.T) {
-			leakCheck(t)
+			harness.LeakCheck(t)
 			const n = 256 * xferKiB
 			ctx := xferCtx(t, 30*time.Second)
 			p := harness.NewPattern(6)
@@ -469,7 +469,7 @@ func TestDataClose(t *testing.T) {
 
 		// The client closes while it is still sending.
 		t.Run("client-first-mid-upload", func(t *testing.T) {
-			leakCheck(t)
+			harness.LeakCheck(t)
 			ctx := xferCtx(t, 30*time.Second)
 			p := harness.NewPattern(5)
 			got := make(chan harness.Received, 1)

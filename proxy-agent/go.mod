@@ -9,6 +9,8 @@ require (
 	isthmus.dev/tunnel v0.0.0
 )
 
+require github.com/hashicorp/yamux v0.1.2 // indirect
+
 require (
 	github.com/beorn7/perks v1.0.1 // indirect
 	github.com/cespare/xxhash/v2 v2.3.0 // indirect
@@ -16,13 +18,16 @@ require (
 	github.com/prometheus/client_model v0.6.2 // indirect
 	github.com/prometheus/common v0.66.1 // indirect
 	github.com/prometheus/procfs v0.16.1 // indirect
-	go.yaml.in/yaml/v2 v2.4.2 // indirect
+	go.yaml.in/yaml/v2 v2.4.4 // indirect
 	golang.org/x/net v0.60.0 // indirect
 	golang.org/x/sys v0.48.0 // indirect
 	golang.org/x/text v0.42.0 // indirect
 	google.golang.org/genproto/googleapis/rpc v0.0.0-20260817212433-ac3dfec99bb1 // indirect
 	google.golang.org/protobuf v1.36.12 // indirect
+	isthmus.dev/certs v0.0.0
 	sigs.k8s.io/apiserver-network-proxy/konnectivity-client v0.37.0 // indirect
 )
 
 replace isthmus.dev/tunnel => ../tunnel
+
+replace isthmus.dev/certs => ../certs

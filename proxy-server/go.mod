@@ -11,6 +11,8 @@ require (
 	sigs.k8s.io/apiserver-network-proxy/konnectivity-client v0.37.0
 )
 
+require github.com/hashicorp/yamux v0.1.2 // indirect
+
 require (
 	github.com/beorn7/perks v1.0.1 // indirect
 	github.com/cespare/xxhash/v2 v2.3.0 // indirect
@@ -23,6 +25,9 @@ require (
 	golang.org/x/text v0.42.0 // indirect
 	google.golang.org/genproto/googleapis/rpc v0.0.0-20260817212433-ac3dfec99bb1 // indirect
 	google.golang.org/protobuf v1.36.12 // indirect
+	isthmus.dev/certs v0.0.0
 )
 
 replace isthmus.dev/tunnel => ../tunnel
+
+replace isthmus.dev/certs => ../certs

@@ -138,10 +138,10 @@ type KubeAPIServerOpts struct {
 	KubeletKey   string
 	SAPublicKey  string
 	SASigningKey string
-	EgressConfig string // --egress-selector-config-file
+	SAIssuer     string // --service-account-issuer
 	AdminCert    string // the test's own client certificate (system:masters)
 	AdminKey     string
-	Extra        []string      // more flags (the egress renderer prints some)
+	Extra        []string      // more flags: the egress renderer's --egress-selector-config-file and --api-audiences
 	ReadyTimeout time.Duration // for /readyz; 3 minutes if 0
 }
 
@@ -158,7 +158,7 @@ func StartKubeAPIServer(t testing.TB, o KubeAPIServerOpts) *KubeAPIServer {
 		"--kubelet-certificate-authority=" + o.KubeletCA,
 		"--kubelet-client-certificate=" + o.KubeletCert, "--kubelet-client-key=" + o.KubeletKey,
 		"--kubelet-preferred-address-types=InternalIP",
-		"--service-account-issuer=https://kubernetes.default.svc",
+		"--service-account-issuer=" + o.SAIssuer,
 		"--service-account-key-file=" + o.SAPublicKey, "--service-account-signing-key-file=" + o.SASigningKey,
 		"--service-cluster-ip-range=10.96.0.0/24",
 		"--authorization-mode=RBAC",
@@ -166,7 +166,6 @@ func StartKubeAPIServer(t testing.TB, o KubeAPIServerOpts) *KubeAPIServer {
 		// service account: pods are admitted without one.
 		"--disable-admission-plugins=ServiceAccount",
 		"--endpoint-reconciler-type=none",
-		"--egress-selector-config-file=" + o.EgressConfig,
 		"--profiling=false",
 		"--cert-dir=" + t.TempDir(),
 	}

@@ -1,4 +1,4 @@
-package integration
+package kubeapi
 
 import (
 	"context"
@@ -19,10 +19,12 @@ import (
 	"time"
 
 	"isthmus.dev/certs"
+	"isthmus.dev/egress"
 	"isthmus.dev/integration/harness"
 )
 
 const (
+	saIssuer     = "https://kubernetes.default.svc"
 	e2eNode      = "worker-1"
 	e2eNamespace = "isthmus-e2e"
 	e2ePod       = "web"
@@ -50,7 +52,7 @@ func TestKubeAPIServerThroughTunnel(t *testing.T) {
 		t.Skip("builds and runs a real kube-apiserver: not in -short")
 	}
 	kubeBin := harness.KubeAPIServerBinary(t)
-	leakCheck(t)
+	harness.LeakCheck(t)
 
 	w := harness.NewWorker(t)
 	dir := t.TempDir()
@@ -71,24 +73,30 @@ func TestKubeAPIServerThroughTunnel(t *testing.T) {
 	etcd := harness.StartEtcd(t)
 	for _, mode := range []string{harness.GRPC, harness.HTTPConnect} {
 		t.Run(mode, func(t *testing.T) {
-			leakCheck(t)
+			harness.LeakCheck(t)
 			s := harness.StartServer(t, bins, pki, harness.ServerOpts{Mode: mode, Transport: harness.UDS,
 				Extra: []string{"--agent-bind-address=" + w.HostAddr.String()}})
 			a := harness.StartAgent(t, bins, s, harness.AgentOpts{Hosts: w.HostAddr.String(), Worker: w})
 			s.WaitReady(t)
 
-			egress := filepath.Join(t.TempDir(), "egress.yaml")
-			protocol := map[string]string{harness.GRPC: "GRPC", harness.HTTPConnect: "HTTPConnect"}[mode]
-			if err := os.WriteFile(egress, []byte(egressYAML(protocol, s.UDS)), 0o644); err != nil {
+			// The egress configuration and flags as `isthmus egress render`
+			// makes them.
+			rendered, err := egress.Render(egress.Config{Mode: egress.Mode(mode), Transport: egress.TransportUDS,
+				UDSName: s.UDS, ControlPlane: egress.RouteDirect, Etcd: egress.RouteDirect})
+			if err != nil {
+				t.Fatal(err)
+			}
+			file := filepath.Join(t.TempDir(), "egress.yaml")
+			if err := certs.WriteFileAtomic(file, rendered, 0o644); err != nil {
 				t.Fatal(err)
 			}
 			k := harness.StartKubeAPIServer(t, harness.KubeAPIServerOpts{
 				Bin: kubeBin, EtcdURL: etcd, EtcdPrefix: "/isthmus-" + mode,
 				ServingCert: kp.servingCert, ServingKey: kp.servingKey, ClientCA: kp.ca,
 				KubeletCA: kp.ca, KubeletCert: kp.kubeletClientCert, KubeletKey: kp.kubeletClientKey,
-				SAPublicKey: kp.saPub, SASigningKey: kp.saKey,
+				SAPublicKey: kp.saPub, SASigningKey: kp.saKey, SAIssuer: saIssuer,
 				AdminCert: kp.adminCert, AdminKey: kp.adminKey,
-				EgressConfig: egress,
+				Extra: egress.APIServerFlags(file, []string{saIssuer, egress.DefaultAgentAudience}),
 			})
 			createWorkload(t, k, w.NodeAddr.String())
 
@@ -186,25 +194,6 @@ func createWorkload(t *testing.T, k *harness.KubeAPIServer, nodeIP string) {
 			t.Fatalf("POST %s: %d %s %v", o.path, status, body, err)
 		}
 	}
-}
-
-func egressYAML(protocol, uds string) string {
-	return fmt.Sprintf(`apiVersion: apiserver.k8s.io/v1beta1
-kind: EgressSelectorConfiguration
-egressSelections:
-- name: cluster
-  connection:
-    proxyProtocol: %s
-    transport:
-      uds:
-        udsName: %s
-- name: controlplane
-  connection:
-    proxyProtocol: Direct
-- name: etcd
-  connection:
-    proxyProtocol: Direct
-`, protocol, uds)
 }
 
 // kubePKI is the control plane's own certificates, from one CA that also

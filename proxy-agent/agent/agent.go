@@ -4,25 +4,25 @@ import (
 	"context"
 	crand "crypto/rand"
 	"crypto/tls"
-	"crypto/x509"
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
 	"net"
-	"os"
 	"sync"
 	"time"
 
+	"isthmus.dev/certs"
 	"isthmus.dev/tunnel/link"
 )
 
 // Agent holds tunnels to every proxy-server and serves their dials.
 type Agent struct {
-	cfg     Config
-	log     *slog.Logger
-	tls     *tls.Config
-	dial    link.DialFunc
-	metrics *metrics
+	cfg      Config
+	log      *slog.Logger
+	tls      *tls.Config
+	reloader *certs.Reloader // nil: no CA or certificate files
+	dial     link.DialFunc
+	metrics  *metrics
 
 	mu       sync.Mutex
 	links    map[string]*heldLink // by server id
@@ -54,25 +54,18 @@ func New(cfg Config, log *slog.Logger) (*Agent, error) {
 		log = slog.New(slog.DiscardHandler)
 	}
 	tc := &tls.Config{MinVersion: tls.VersionTLS12, NextProtos: cfg.ALPNProtos}
-	if cfg.CACert != "" {
-		pem, err := os.ReadFile(cfg.CACert)
+	// The CA and the agent's certificate are read again when their files
+	// change (checked at most once a second, at connects): rotations take
+	// effect at the next reconnect without a restart.
+	var reloader *certs.Reloader
+	if cfg.CACert != "" || cfg.AgentCert != "" {
+		r, err := certs.NewReloader(certs.ReloaderConfig{CertFile: cfg.AgentCert, KeyFile: cfg.AgentKey, CAFile: cfg.CACert, Log: log.With("tls", "agent")})
 		if err != nil {
-			return nil, fmt.Errorf("--ca-cert: %w", err)
+			return nil, fmt.Errorf("--ca-cert, --agent-cert, --agent-key: %w", err)
 		}
-		pool := x509.NewCertPool()
-		if !pool.AppendCertsFromPEM(pem) {
-			return nil, fmt.Errorf("--ca-cert %s: no PEM certificate in it", cfg.CACert)
-		}
-		tc.RootCAs = pool
+		reloader = r
 	}
-	if cfg.AgentCert != "" {
-		cert, err := tls.LoadX509KeyPair(cfg.AgentCert, cfg.AgentKey)
-		if err != nil {
-			return nil, fmt.Errorf("--agent-cert/--agent-key: %w", err)
-		}
-		tc.Certificates = []tls.Certificate{cert}
-	}
-	a := &Agent{cfg: cfg, log: log, tls: tc, links: map[string]*heldLink{}, changed: make(chan struct{})}
+	a := &Agent{cfg: cfg, log: log, tls: tc, reloader: reloader, links: map[string]*heldLink{}, changed: make(chan struct{})}
 	a.metrics = newMetrics(a)
 	d := &net.Dialer{}
 	a.dial = func(ctx context.Context, address string) (net.Conn, error) {

@@ -63,6 +63,9 @@ func (p *pendingLink) close() {
 func (a *Agent) connect(ctx context.Context, host string) (*pendingLink, int, error) {
 	target := net.JoinHostPort(strings.Trim(host, "[]"), strconv.Itoa(a.cfg.ProxyServerPort))
 	tc := a.tls.Clone()
+	if a.reloader != nil {
+		tc = a.reloader.ClientConfig(a.tls) // the files as they are now
+	}
 	tc.ServerName = strings.Trim(host, "[]")
 	if a.cfg.Link != LinkANP {
 		p, n, err := a.connectNative(ctx, target, tc)

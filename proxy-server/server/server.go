@@ -138,14 +138,14 @@ func addrOf(ln net.Listener) net.Addr {
 // everything is closed. Run returns after every goroutine it started ended.
 func (s *Server) Run(ctx context.Context) error {
 	c := &s.cfg
-	agentTLS, err := serverTLS(c.ClusterCert, c.ClusterKey, c.ClusterCACert, c)
+	agentTLS, err := serverTLS(c.ClusterCert, c.ClusterKey, c.ClusterCACert, c, s.log.With("tls", "agent-port"))
 	if err != nil {
 		return fmt.Errorf("agent port TLS: %w", err)
 	}
 	var frontendCreds credentials.TransportCredentials
 	var frontendTLS *tls.Config
 	if c.UDSName == "" {
-		t, err := serverTLS(c.ServerCert, c.ServerKey, c.ServerCACert, c)
+		t, err := serverTLS(c.ServerCert, c.ServerKey, c.ServerCACert, c, s.log.With("tls", "frontend"))
 		if err != nil {
 			return fmt.Errorf("frontend TLS: %w", err)
 		}

@@ -2,11 +2,12 @@ package server
 
 import (
 	"crypto/tls"
-	"crypto/x509"
 	"fmt"
+	"log/slog"
 	"net"
-	"os"
 	"strings"
+
+	"isthmus.dev/certs"
 )
 
 func tlsVersion(s string) (uint16, error) {
@@ -41,12 +42,11 @@ func cipherSuites(names []string) ([]uint16, error) {
 }
 
 // serverTLS builds a server TLS config from files. With caFile, clients
-// must present a certificate signed by it.
-func serverTLS(certFile, keyFile, caFile string, c *Config) (*tls.Config, error) {
-	cert, err := tls.LoadX509KeyPair(certFile, keyFile)
-	if err != nil {
-		return nil, fmt.Errorf("load key pair %s, %s: %w", certFile, keyFile, err)
-	}
+// must present a certificate signed by it. The files are read again when
+// they change (checked at most once a second, at handshakes): rotated
+// certificates and CAs take effect without a restart, and files that do
+// not load keep the previous ones in use (logged).
+func serverTLS(certFile, keyFile, caFile string, c *Config, log *slog.Logger) (*tls.Config, error) {
 	minV, err := tlsVersion(c.TLSMinVersion)
 	if err != nil {
 		return nil, err
@@ -55,20 +55,15 @@ func serverTLS(certFile, keyFile, caFile string, c *Config) (*tls.Config, error)
 	if err != nil {
 		return nil, err
 	}
-	cfg := &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: minV, CipherSuites: suites}
-	if caFile != "" {
-		pem, err := os.ReadFile(caFile)
-		if err != nil {
-			return nil, fmt.Errorf("read CA %s: %w", caFile, err)
-		}
-		pool := x509.NewCertPool()
-		if !pool.AppendCertsFromPEM(pem) {
-			return nil, fmt.Errorf("CA %s: no PEM certificate in it", caFile)
-		}
-		cfg.ClientCAs = pool
-		cfg.ClientAuth = tls.RequireAndVerifyClientCert
+	r, err := certs.NewReloader(certs.ReloaderConfig{CertFile: certFile, KeyFile: keyFile, CAFile: caFile, Log: log})
+	if err != nil {
+		return nil, err
 	}
-	return cfg, nil
+	base := &tls.Config{MinVersion: minV, CipherSuites: suites}
+	if caFile != "" {
+		base.ClientAuth = tls.RequireAndVerifyClientCert
+	}
+	return r.ServerConfig(base), nil
 }
 
 // tlsListener wraps ln so that accepted connections speak TLS (the handshake

@@ -1,5 +1,5 @@
 // Command isthmus is the operator tool of isthmus: everything around the
-// proxy-server and proxy-agent daemons. Today: demo.
+// proxy-server and proxy-agent daemons: certs, egress, demo, and more.
 package main
 
 import (
@@ -15,6 +15,17 @@ const usage = `isthmus: the operator tool of the isthmus tunnel (a drop-in for K
 Commands:
   demo    run proxy-server, proxy-agent and a backend on this machine and send
           traffic through the tunnel, printing every hop
+  certs   the PKI: a CA, proxy-server's agent-port and frontend certificates,
+          kube-apiserver's and the agents' client certificates, proxy-server's
+          kubeconfig; and an expiry check
+  egress  kube-apiserver's egress configuration (render, validate) and the
+          kube-apiserver flags that go with it
+  cni     the pod network behind the agents: validate a network config,
+          render the CNI conflist and kube-router or Calico manifests, install
+          the conflist on a node
+  preflight
+          check this host's ports for its role (controller or worker) and pod
+          network provider: what must listen, what must be reachable
 
 Run 'isthmus COMMAND --help' for a command's flags.
 `
@@ -26,6 +37,10 @@ type command struct {
 
 var commands = []command{
 	{"demo", runDemo},
+	{"certs", runCerts},
+	{"egress", runEgress},
+	{"cni", runCNI},
+	{"preflight", runPreflight},
 }
 
 func main() {
@@ -34,6 +49,10 @@ func main() {
 			return
 		}
 		fmt.Fprintln(os.Stderr, "isthmus:", err)
+		var ee *exitError
+		if errors.As(err, &ee) {
+			os.Exit(ee.code)
+		}
 		os.Exit(1)
 	}
 }

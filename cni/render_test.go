@@ -1,0 +1,394 @@
+package cni_test
+
+import (
+	"context"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"slices"
+	"sort"
+	"strings"
+	"testing"
+
+	"github.com/containernetworking/cni/libcni"
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
+	"k8s.io/apiextensions-apiserver/pkg/apis/apiextensions"
+	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
+	crdvalidation "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/validation"
+	"k8s.io/apimachinery/pkg/runtime"
+
+	"isthmus.dev/cni"
+)
+
+func mustParse(t *testing.T, y string) cni.Config {
+	t.Helper()
+	c, err := cni.Parse([]byte(y))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+// readStack decodes, strictly, every file of a rendered stack folder.
+func readStack(t *testing.T, dir string) map[string][]runtime.Object {
+	t.Helper()
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string][]runtime.Object{}
+	for _, e := range entries {
+		data, err := os.ReadFile(filepath.Join(dir, e.Name()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		objs, err := cni.DecodeStrict(data)
+		if err != nil {
+			t.Fatalf("%s does not decode strictly: %v", e.Name(), err)
+		}
+		out[e.Name()] = objs
+	}
+	return out
+}
+
+func kinds(objs map[string][]runtime.Object) []string {
+	var k []string
+	for _, list := range objs {
+		for _, o := range list {
+			k = append(k, o.GetObjectKind().GroupVersionKind().Kind)
+		}
+	}
+	sort.Strings(k)
+	return k
+}
+
+func find[T runtime.Object](objs map[string][]runtime.Object) []T {
+	var out []T
+	for _, list := range objs {
+		for _, o := range list {
+			if v, ok := o.(T); ok {
+				out = append(out, v)
+			}
+		}
+	}
+	return out
+}
+
+func envOf(c corev1.Container) map[string]string {
+	m := map[string]string{}
+	for _, e := range c.Env {
+		m[e.Name] = e.Value
+		if e.ValueFrom != nil && e.ValueFrom.ConfigMapKeyRef != nil {
+			m[e.Name] = "configmap:" + e.ValueFrom.ConfigMapKeyRef.Key
+		}
+	}
+	return m
+}
+
+func TestDecodeStrictRefusesUnknownFields(t *testing.T) {
+	for name, doc := range map[string]string{
+		"unknown field": "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\ndata: {a: b}\nbogus: 1\n",
+		"nested field":  "apiVersion: apps/v1\nkind: DaemonSet\nmetadata: {name: x}\nspec: {selectr: {}}\n",
+		"unknown kind":  "apiVersion: v1\nkind: Gadget\nmetadata: {name: x}\n",
+		"duplicate":     "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\nmetadata: {name: y}\n",
+		"empty":         "---\n",
+	} {
+		if _, err := cni.DecodeStrict([]byte(doc)); err == nil {
+			t.Errorf("%s: decoded without error", name)
+		}
+	}
+	if objs, err := cni.DecodeStrict([]byte("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\n---\napiVersion: v1\nkind: ServiceAccount\nmetadata: {name: sa}\n")); err != nil || len(objs) != 2 {
+		t.Errorf("two good documents: %d objects, %v", len(objs), err)
+	}
+}
+
+func TestRenderKubeRouter(t *testing.T) {
+	out := t.TempDir()
+	c := mustParse(t, "kuberouter: {hairpin: true, autoMTU: false, mtu: 1400, extraArgs: {bgp-holdtime: 30s}}")
+	r, err := cni.Render(c, out, cni.RenderOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.Conflist != filepath.Join(out, "cni", "10-kuberouter.conflist") || len(r.Stacks) != 1 || r.Stacks[0] != filepath.Join(out, "manifests", "kuberouter") {
+		t.Fatalf("rendered %+v", r)
+	}
+	list, err := libcni.ConfListFromFile(r.Conflist)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if list.CNIVersion != "1.0.0" || len(list.Plugins) != 2 || list.Plugins[0].Network.Type != "bridge" || list.Plugins[1].Network.Type != "portmap" {
+		t.Errorf("conflist: version %s, plugins %+v", list.CNIVersion, list.Plugins)
+	}
+	var br map[string]any
+	if err := json.Unmarshal(list.Plugins[0].Bytes, &br); err != nil {
+		t.Fatal(err)
+	}
+	if br["hairpinMode"] != true || br["mtu"] != 1400.0 || br["bridge"] != "kube-bridge" {
+		t.Errorf("bridge plugin: %v", br)
+	}
+	if ipam := br["ipam"].(map[string]any); ipam["type"] != "host-local" || ipam["ranges"] != nil {
+		t.Errorf("template conflist: ipam %v, want host-local without a subnet (kube-router fills it)", ipam)
+	}
+
+	objs := readStack(t, r.Stacks[0])
+	want := []string{"ClusterRole", "ClusterRoleBinding", "ConfigMap", "DaemonSet", "ServiceAccount"}
+	if got := kinds(objs); !slices.Equal(got, want) {
+		t.Errorf("kinds %v, want %v", got, want)
+	}
+	ds := find[*appsv1.DaemonSet](objs)[0]
+	args := ds.Spec.Template.Spec.Containers[0].Args
+	for _, a := range []string{"--hairpin-mode=true", "--auto-mtu=false", "--enable-ipv6=false", "--cluster-cidr=10.244.0.0/16", "--bgp-holdtime=30s", "--enable-cni=true"} {
+		if !slices.Contains(args, a) {
+			t.Errorf("kube-router args %v lack %s", args, a)
+		}
+	}
+	if !ds.Spec.Template.Spec.HostNetwork || ds.Namespace != "kube-system" || ds.Spec.Template.Spec.ServiceAccountName != "kube-router" {
+		t.Errorf("daemonset: %+v", ds.Spec.Template.Spec)
+	}
+	cm := find[*corev1.ConfigMap](objs)[0]
+	if tmpl, err := libcni.ConfListFromBytes([]byte(cm.Data["cni-conf.json"])); err != nil || tmpl.Name != cni.KubeRouterNetwork {
+		t.Errorf("ConfigMap cni-conf.json: %v", err)
+	}
+	if b := find[*rbacv1.ClusterRoleBinding](objs)[0]; b.Subjects[0].Name != "kube-router" || b.RoleRef.Name != "kube-router" {
+		t.Errorf("binding: %+v", b)
+	}
+}
+
+func TestRenderCalico(t *testing.T) {
+	for _, tc := range []struct {
+		yaml                       string
+		backend, ipip, vxlan, mtu  string
+		liveness                   string
+		conflistMTU                float64
+		assignV6                   string
+		wantIPv6Pool, wantIPv4Pool bool
+	}{
+		{"provider: calico", "vxlan", "Never", "Always", "0", "-felix-live", 1450, "false", false, true},
+		{"provider: calico\ncalico: {mode: ipip, mtu: 1440}", "bird", "Always", "Never", "1440", "-bird-live", 1440, "false", false, true},
+		{"provider: calico\ncalico: {mode: bird}", "bird", "Never", "Never", "0", "-bird-live", 1500, "false", false, true},
+		{"provider: calico\ndualStack: {enabled: true}", "vxlan", "Never", "Always", "0", "-felix-live", 1430, "true", true, true},
+	} {
+		t.Run(strings.ReplaceAll(tc.yaml, "\n", " "), func(t *testing.T) {
+			out := t.TempDir()
+			r, err := cni.Render(mustParse(t, tc.yaml), out, cni.RenderOptions{Node: cni.NodeOptions{NodeName: "worker-1"}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			want := []string{filepath.Join(out, "manifests", "calico-crds"), filepath.Join(out, "manifests", "calico")}
+			if !slices.Equal(r.Stacks, want) {
+				t.Fatalf("stacks %v, want %v", r.Stacks, want)
+			}
+			checkCalicoConflist(t, r.Conflist, tc.conflistMTU, tc.assignV6)
+
+			objs := readStack(t, r.Stacks[1])
+			ds := find[*appsv1.DaemonSet](objs)[0]
+			node := ds.Spec.Template.Spec.Containers[0]
+			e := envOf(node)
+			if e["CALICO_IPV4POOL_IPIP"] != tc.ipip || e["CALICO_IPV4POOL_VXLAN"] != tc.vxlan || e["FELIX_VXLANPORT"] != "4789" || e["FELIX_VXLANVNI"] != "4096" || e["CALICO_IPV4POOL_CIDR"] != "10.244.0.0/16" {
+				t.Errorf("calico-node env: %v", e)
+			}
+			if _, ok := e["CALICO_IPV6POOL_CIDR"]; ok != tc.wantIPv6Pool {
+				t.Errorf("CALICO_IPV6POOL_CIDR set = %v, want %v", ok, tc.wantIPv6Pool)
+			}
+			if !slices.Contains(node.LivenessProbe.Exec.Command, tc.liveness) {
+				t.Errorf("liveness %v lacks %s", node.LivenessProbe.Exec.Command, tc.liveness)
+			}
+			cm := find[*corev1.ConfigMap](objs)[0]
+			if cm.Data["calico_backend"] != tc.backend || cm.Data["veth_mtu"] != tc.mtu || !strings.Contains(cm.Data["cni_network_config"], `"mtu": __CNI_MTU__`) {
+				t.Errorf("calico-config: %v", cm.Data)
+			}
+			if len(find[*appsv1.Deployment](objs)) != 1 {
+				t.Errorf("no kube-controllers Deployment")
+			}
+		})
+	}
+}
+
+func checkCalicoConflist(t *testing.T, path string, mtu float64, assignV6 string) {
+	t.Helper()
+	list, err := libcni.ConfListFromFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var types []string
+	for _, p := range list.Plugins {
+		types = append(types, p.Network.Type)
+	}
+	if list.CNIVersion != "1.0.0" || !slices.Equal(types, []string{"calico", "portmap", "bandwidth"}) {
+		t.Fatalf("conflist %s: version %s, plugins %v", path, list.CNIVersion, types)
+	}
+	var cal map[string]any
+	if err := json.Unmarshal(list.Plugins[0].Bytes, &cal); err != nil {
+		t.Fatal(err)
+	}
+	ipam := cal["ipam"].(map[string]any)
+	if ipam["type"] != "calico-ipam" || ipam["assign_ipv6"] != assignV6 || cal["mtu"] != mtu || cal["nodename"] != "worker-1" || cal["datastore_type"] != "kubernetes" {
+		t.Errorf("calico plugin: %v", cal)
+	}
+}
+
+// TestCalicoCRDs: every CRD passes kube-apiserver's own CRD validation
+// (structural schema included), and the CRDs and the RBAC agree: every
+// crd.projectcalico.org resource a role names has a CRD, and calico-node
+// may read every CRD.
+func TestCalicoCRDs(t *testing.T) {
+	out := t.TempDir()
+	r, err := cni.Render(mustParse(t, "provider: calico"), out, cni.RenderOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	crds := find[*apiextensionsv1.CustomResourceDefinition](readStack(t, r.Stacks[0]))
+	plurals := map[string]bool{}
+	for _, crd := range crds {
+		var internal apiextensions.CustomResourceDefinition
+		if err := apiextensionsv1.Convert_v1_CustomResourceDefinition_To_apiextensions_CustomResourceDefinition(crd, &internal, nil); err != nil {
+			t.Fatal(err)
+		}
+		// As kube-apiserver's create strategy does before validating.
+		internal.Status.StoredVersions = []string{"v1"}
+		if errs := crdvalidation.ValidateCustomResourceDefinition(context.Background(), &internal); len(errs) > 0 {
+			t.Errorf("CRD %s: %v", crd.Name, errs.ToAggregate())
+		}
+		plurals[crd.Spec.Names.Plural] = true
+	}
+	for _, need := range []string{"ippools", "ipamblocks", "blockaffinities", "ipamhandles", "ipamconfigs", "felixconfigurations", "clusterinformations", "bgpconfigurations", "bgppeers", "kubecontrollersconfigurations", "networkpolicies", "hostendpoints"} {
+		if !plurals[need] {
+			t.Errorf("no CRD for %s", need)
+		}
+	}
+	roles := find[*rbacv1.ClusterRole](readStack(t, r.Stacks[1]))
+	for _, role := range roles {
+		for _, rule := range role.Rules {
+			if !slices.Contains(rule.APIGroups, cni.CalicoGroup) {
+				continue
+			}
+			for _, res := range rule.Resources {
+				if !plurals[res] {
+					t.Errorf("ClusterRole %s names %s.%s, which has no CRD", role.Name, res, cni.CalicoGroup)
+				}
+			}
+		}
+		if role.Name == "calico-node" {
+			for p := range plurals {
+				if !allows(role, p, "watch") {
+					t.Errorf("calico-node may not watch %s", p)
+				}
+			}
+		}
+	}
+	if len(roles) != 3 {
+		t.Errorf("%d ClusterRoles, want calico-node, calico-cni-plugin, calico-kube-controllers", len(roles))
+	}
+}
+
+func allows(role *rbacv1.ClusterRole, resource, verb string) bool {
+	for _, r := range role.Rules {
+		if slices.Contains(r.APIGroups, cni.CalicoGroup) && slices.Contains(r.Resources, resource) && slices.Contains(r.Verbs, verb) {
+			return true
+		}
+	}
+	return false
+}
+
+func TestRenderCustomWritesNothing(t *testing.T) {
+	out := t.TempDir()
+	r, err := cni.Render(mustParse(t, "provider: custom"), out, cni.RenderOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.Conflist != "" || len(r.Stacks) != 0 {
+		t.Errorf("custom rendered %+v", r)
+	}
+	entries, _ := os.ReadDir(out)
+	for _, e := range entries {
+		if e.Name() != cni.StateFileName {
+			t.Errorf("custom wrote %s", e.Name())
+		}
+	}
+	// The lock holds for custom too: a later kube-router is a change.
+	if _, err := cni.Render(mustParse(t, ""), out, cni.RenderOptions{}); err == nil {
+		t.Errorf("kuberouter rendered over a custom cluster")
+	}
+}
+
+// TestRenderReplacesStacksWhole: a re-render replaces each stack folder as
+// a whole (a file that is no longer rendered disappears) and leaves no
+// staging folder or temporary file behind.
+func TestRenderReplacesStacksWhole(t *testing.T) {
+	out := t.TempDir()
+	c := mustParse(t, "provider: calico")
+	r, err := cni.Render(c, out, cni.RenderOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	stale := filepath.Join(r.Stacks[1], "99-old.yaml")
+	if err := os.WriteFile(stale, []byte("old"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	c.Calico.VXLANPort = 4790
+	if _, err := cni.Render(c, out, cni.RenderOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(stale); !os.IsNotExist(err) {
+		t.Errorf("stale file survived the re-render: %v", err)
+	}
+	data, err := os.ReadFile(filepath.Join(r.Stacks[1], "02-calico-node.yaml"))
+	if err != nil || !strings.Contains(string(data), `value: "4790"`) {
+		t.Errorf("re-render did not update calico-node (err %v)", err)
+	}
+	err = filepath.WalkDir(out, func(path string, d os.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if strings.Contains(d.Name(), ".tmp-") || strings.HasPrefix(d.Name(), ".isthmus-staging") {
+			t.Errorf("left behind: %s", path)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestRenderRefusesInvalid(t *testing.T) {
+	out := t.TempDir()
+	c, err := cni.Parse([]byte("dualStack: {enabled: true}"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cni.Render(c, out, cni.RenderOptions{}); err == nil {
+		t.Fatal("rendered an invalid config")
+	}
+	if entries, _ := os.ReadDir(out); len(entries) != 0 {
+		t.Errorf("an invalid config wrote %d entries", len(entries))
+	}
+	good := mustParse(t, "podCIDR: 198.18.0.0/16\nserviceCIDR: 198.19.0.0/16")
+	for _, bad := range []string{"198.20.0.0/24", "198.18.5.0/25", "198.18.5.0/23"} {
+		if _, err := good.Conflist(cni.NodeOptions{PodCIDR: mustPrefix(t, bad)}); err == nil {
+			t.Errorf("node pod CIDR %s accepted for podCIDR 198.18.0.0/16 and /24 node slices", bad)
+		}
+	}
+}
+
+// TestConfigBuiltInGo: a Config literal (no Load) gets the defaults in
+// Validate and Render, and the caller's blocks are left as they were.
+func TestConfigBuiltInGo(t *testing.T) {
+	k := &cni.CalicoConfig{Mode: "ipip"}
+	c := cni.Config{Provider: cni.Calico, Calico: k}
+	if err := c.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	r, err := cni.Render(c, t.TempDir(), cni.RenderOptions{Node: cni.NodeOptions{NodeName: "worker-1"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkCalicoConflist(t, r.Conflist, 1480, "false")
+	if k.VXLANPort != 0 || k.Overlay != "" || c.PodCIDR != "" {
+		t.Errorf("the caller's config was changed: %+v, %q", k, c.PodCIDR)
+	}
+}

@@ -1,0 +1,75 @@
+package main
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"isthmus.dev/egress"
+)
+
+func TestEgressCommands(t *testing.T) {
+	dir := t.TempDir()
+	out := filepath.Join(dir, "egress.yaml")
+	sock := filepath.Join(dir, "konnectivity-server.sock")
+	report := mustRun(t, "egress", "render", "--out", out, "--uds-name", sock)
+	for _, want := range []string{
+		"--egress-selector-config-file=" + out,
+		"--api-audiences=" + egress.DefaultServiceAccountIssuer + "," + egress.DefaultAgentAudience,
+		"--mode=grpc", "--uds-name=" + sock,
+	} {
+		if !strings.Contains(report, want) {
+			t.Errorf("render output lacks %q:\n%s", want, report)
+		}
+	}
+	if _, err := egress.Load(out); err != nil {
+		t.Fatal(err)
+	}
+	if st, _ := os.Stat(out); st.Mode().Perm() != 0o644 {
+		t.Errorf("mode %v", st.Mode())
+	}
+	if _, err := run(t, "egress", "render", "--out", out, "--uds-name", sock); err == nil || !strings.Contains(err.Error(), "--force") {
+		t.Errorf("render over an existing file: %v", err)
+	}
+	mustRun(t, "egress", "render", "--out", out, "--uds-name", sock, "--mode", "http-connect", "--force")
+	if report := mustRun(t, "egress", "validate", "--config", out); !strings.Contains(report, "cluster: HTTPConnect over UDS "+sock) {
+		t.Errorf("validate: %s", report)
+	}
+
+	// TCP: the client certificate comes from the PKI directory.
+	pki := filepath.Join(dir, "pki")
+	mustRun(t, "certs", "ca", "--dir", pki)
+	mustRun(t, "certs", "apiserver-client", "--dir", pki)
+	tcp := filepath.Join(dir, "tcp.yaml")
+	mustRun(t, "egress", "render", "--transport", "tcp", "--url", "https://127.0.0.1:8131", "--pki-dir", pki, "--out", tcp)
+	cfg, err := egress.Load(tcp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tls := cfg.EgressSelections[0].Connection.Transport.TCP.TLSConfig
+	if tls.ClientCert != filepath.Join(pki, "apiserver-client.crt") || tls.CABundle != filepath.Join(pki, "ca.crt") {
+		t.Errorf("TLS config %+v", tls)
+	}
+
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--transport", "tcp", "--mode", "grpc", "--url", "https://127.0.0.1:8131", "--pki-dir", pki}, "only over a Unix socket"},
+		{[]string{"--transport", "tcp", "--url", "http://127.0.0.1:8131", "--pki-dir", pki}, "crashes it"},
+		{[]string{"--transport", "tcp", "--url", "https://127.0.0.1:8131", "--pki-dir", filepath.Join(dir, "none")}, "no such file"},
+		{[]string{"--uds-name", "relative.sock"}, "relative"},
+	} {
+		args := append([]string{"egress", "render", "--out", filepath.Join(dir, "x.yaml")}, tc.args...)
+		if _, err := run(t, args...); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("isthmus %s: %v, want an error containing %q", strings.Join(args, " "), err, tc.want)
+		}
+	}
+	if _, err := os.Stat(filepath.Join(dir, "x.yaml")); err == nil {
+		t.Error("a refused configuration was written")
+	}
+	if _, err := run(t, "egress", "validate"); err == nil || !strings.Contains(err.Error(), "--config") {
+		t.Errorf("validate without --config: %v", err)
+	}
+}
