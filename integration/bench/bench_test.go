@@ -11,6 +11,8 @@ import (
 	"io"
 	"net"
 	"os"
+	"os/exec"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -21,6 +23,7 @@ import (
 	"time"
 	"unsafe"
 
+	"isthmus.dev/certs"
 	"isthmus.dev/integration/harness"
 )
 
@@ -54,6 +57,7 @@ type path struct {
 	dial    func(ctx context.Context, addr string) (net.Conn, error)
 	procs   []*harness.Proc // server and agent, for CPU and memory accounting
 	metrics []string        // their /metrics URLs
+	floor   bool            // the bare TLS relays: throughput rows only
 }
 
 // BenchmarkTunnel prints the comparison table. It runs once whatever b.N is.
@@ -94,6 +98,8 @@ func BenchmarkTunnel(b *testing.B) {
 				procs: []*harness.Proc{s.Proc, a.Proc}, metrics: []string{s.MetricsURL(), a.MetricsURL()}})
 		}
 	}
+	// The floor: what two processes that only relay through TLS cost here.
+	paths = slices.Insert(paths, 1, startFloor(b, pki, backend.Addr()))
 	// Each daemon must be able to hold every connection of the largest phase
 	// (plus its listeners and links); raise a soft limit that is too low.
 	need := uint64(max(rrConns, idleConns) + 256)
@@ -138,6 +144,9 @@ func BenchmarkTunnel(b *testing.B) {
 	// connections. One path at a time (each has its own daemons).
 	t0 := time.Now()
 	for i, p := range paths[1:] {
+		if p.floor {
+			continue
+		}
 		res[i+1].idle = idleMemory(ctx, p, backend, idleConns)
 		b.Logf("idle %s: %.1f KiB/conn, %.2f goroutines/conn", p.name, res[i+1].idle.rssKiB, res[i+1].idle.goroutines)
 	}
@@ -179,6 +188,9 @@ func BenchmarkTunnel(b *testing.B) {
 	t0 = time.Now()
 	for done := 0; done < dials; done += 50 {
 		for i, p := range paths {
+			if p.floor {
+				continue
+			}
 			for range min(50, dials-done) {
 				d, err := dialFirstByte(ctx, p, backend.Addr())
 				if err != nil {
@@ -194,6 +206,9 @@ func BenchmarkTunnel(b *testing.B) {
 	// Many connections, each doing 1 KiB round trips, direct path included.
 	t0 = time.Now()
 	for i, p := range paths {
+		if p.floor {
+			continue
+		}
 		res[i].rr = requestResponse(ctx, p, backend, rrConns, time.Duration(rrSeconds)*time.Second)
 		b.Logf("round trips %s: %.0f/s p99 %v", p.name, res[i].rr.rate, res[i].rr.p99)
 	}
@@ -209,6 +224,9 @@ func BenchmarkTunnel(b *testing.B) {
 	}
 	hols := make([]hol, len(paths))
 	for i, p := range paths[1:] {
+		if p.floor {
+			continue
+		}
 		h, err := headOfLine(ctx, p, backend.Addr(), time.Duration(holSeconds)*time.Second)
 		if err != nil {
 			h.err = err.Error()
@@ -273,6 +291,9 @@ func BenchmarkTunnel(b *testing.B) {
 	tw = tabwriter.NewWriter(&sb, 2, 4, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintf(tw, "path\tdial p50\tvs ANP\tdial p99\tdial errors\tRT/s\tvs direct\tvs ANP\tRT p99\tidle RSS KiB/conn\tvs ANP\tgoroutines/conn\tconns\t\n")
 	for i, p := range paths {
+		if p.floor {
+			continue
+		}
 		r := res[i]
 		rssS, gorS, idleN, idleVs := "-", "-", "-", "-"
 		if i > 0 {
@@ -291,12 +312,16 @@ func BenchmarkTunnel(b *testing.B) {
 			rssS, idleVs, gorS, r.rr.conns, idleN)
 	}
 	tw.Flush()
+	fmt.Fprintf(&sb, "\nTLS floor: two relay processes that only copy (Unix socket -> TLS 1.3 over loopback TCP -> the backend), one TLS connection per tunneled connection, no multiplexing or dial protocol: what any TLS tunnel pays on this machine, in the same run. Throughput rows only.\n")
 	fmt.Fprintf(&sb, "\nvs direct: the path's figure over direct TCP's; vs ANP: an isthmus figure over upstream ANP's with the same frontend (http-connect or grpc). Above 1 is better for MB/s and round trips/s, below 1 for CPU, dial p50 and RSS.\n")
 
 	fmt.Fprintf(&sb, "\nHead-of-line: client A stops reading for %d s while its backend floods; client B on the same agent does 1 KiB round trips:\n\n", holSeconds)
 	tw = tabwriter.NewWriter(&sb, 2, 4, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintf(tw, "path\tB round trips\tB p99\tB longest gap\tnote\t\n")
 	for i, p := range paths[1:] {
+		if p.floor {
+			continue
+		}
 		h := hols[i+1]
 		fmt.Fprintf(tw, "%s\t%d\t%v\t%v\t%s\t\n", p.name, h.trips, h.p99, h.gap, h.err)
 	}
@@ -317,7 +342,7 @@ func BenchmarkTunnel(b *testing.B) {
 		}
 	}
 	fmt.Printf("\n(2 cores, race detector off)\n%s\n", sb.String())
-	b.ReportMetric(median(res[1].up)/median(direct.up), "isthmus-connect-up/direct")
+	b.ReportMetric(median(res[2].up)/median(direct.up), "isthmus-connect-up/direct")
 }
 
 // ratio is a/b with three decimals, or "-" when either is missing.
@@ -935,4 +960,39 @@ func nofileOf(pid int) (soft, hard uint64, err error) {
 		return soft, hard, nil
 	}
 	return 0, 0, fmt.Errorf("limits of %d: no \"Max open files\" line", pid)
+}
+
+// startFloor builds and starts the two tlsfloor relays in front of the
+// backend at addr; its dial ignores the address (the relays go to addr).
+func startFloor(b *testing.B, pki *certs.Bundle, addr string) *path {
+	b.Helper()
+	dir := b.TempDir()
+	bin := filepath.Join(dir, "tlsfloor")
+	if out, err := exec.Command("go", "build", "-o", bin, "isthmus.dev/integration/bench/tlsfloor").CombinedOutput(); err != nil {
+		b.Fatalf("build tlsfloor: %v\n%s", err, out)
+	}
+	farAddr := net.JoinHostPort("127.0.0.1", strconv.Itoa(harness.FreePort(b)))
+	far := harness.Start(b, "tlsfloor-far", bin, "--role=far", "--listen="+farAddr, "--to="+addr,
+		"--cert="+pki.AgentPortCert, "--key="+pki.AgentPortKey)
+	sock, err := os.MkdirTemp("", "isthmus-floor-") // short: socket paths are limited to 108 bytes
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { os.RemoveAll(sock) })
+	sock = filepath.Join(sock, "near.sock")
+	near := harness.Start(b, "tlsfloor-near", bin, "--role=near", "--listen="+sock, "--to="+farAddr, "--ca="+pki.CACert)
+	harness.WaitFor(b, 30*time.Second, "the tlsfloor relays", func() bool {
+		c, err := net.Dial("unix", sock)
+		if err != nil {
+			return false
+		}
+		c.Close()
+		return true
+	})
+	return &path{name: "TLS floor: 2 relays, no mux, over UDS", floor: true,
+		dial: func(ctx context.Context, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "unix", sock)
+		},
+		procs: []*harness.Proc{near, far}}
 }
