@@ -418,17 +418,26 @@ func serveBench(c net.Conn) {
 	_, _ = io.Copy(io.Discard, c) // until the client closes
 }
 
+// dialBulk opens a connection for one bulk transfer, closed after 5
+// minutes at the latest; done releases it.
+func dialBulk(ctx context.Context, p *path, addr string) (net.Conn, func(), error) {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
+	c, err := p.dial(ctx, addr)
+	if err != nil {
+		cancel()
+		return nil, nil, err
+	}
+	stop := context.AfterFunc(ctx, func() { c.Close() })
+	return c, func() { stop(); c.Close(); cancel() }, nil
+}
+
 // transfer moves transferBytes one way on one connection and returns MB/s.
 func transfer(ctx context.Context, p *path, addr string, dir byte) (float64, error) {
-	ctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
-	defer cancel()
-	c, err := p.dial(ctx, addr)
+	c, done, err := dialBulk(ctx, p, addr)
 	if err != nil {
 		return 0, err
 	}
-	defer c.Close()
-	stop := context.AfterFunc(ctx, func() { c.Close() })
-	defer stop()
+	defer done()
 	var one [1]byte
 	var hdr [9]byte
 	hdr[0] = dir
@@ -597,15 +606,11 @@ func header(op byte, n int64) []byte {
 // echoTransfer writes transferBytes on one connection while it reads them
 // back from the backend, and returns MB/s (each way).
 func echoTransfer(ctx context.Context, p *path, addr string) (float64, error) {
-	ctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
-	defer cancel()
-	c, err := p.dial(ctx, addr)
+	c, done, err := dialBulk(ctx, p, addr)
 	if err != nil {
 		return 0, err
 	}
-	defer c.Close()
-	stop := context.AfterFunc(ctx, func() { c.Close() })
-	defer stop()
+	defer done()
 	start := time.Now()
 	if _, err := c.Write(header('C', int64(transferBytes))); err != nil {
 		return 0, err

@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"sync"
+	"testing"
 	"time"
 )
 
@@ -85,4 +86,19 @@ func goCmd(ctx context.Context, args ...string) error {
 		return fmt.Errorf("go %v: %w\n%s", args, err, out)
 	}
 	return nil
+}
+
+// Main is the TestMain of a package of daemon tests: it builds the binaries
+// under test (race-enabled where supported) into *bins, runs the tests and
+// removes the build.
+func Main(m *testing.M, bins *Binaries) {
+	var err error
+	*bins, err = Build(true)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "building the binaries under test:", err)
+		os.Exit(1)
+	}
+	code := m.Run()
+	Cleanup()
+	os.Exit(code)
 }

@@ -9,7 +9,6 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -61,57 +60,9 @@ func RequireBlackhole(t testing.TB) {
 // t when not root or when ip or nft is missing.
 func NewBlackhole(t testing.TB) *Blackhole {
 	t.Helper()
-	RequireBlackhole(t)
-	sweepStaleBlackholes(t)
-
-	seq := blackholeSeq.Add(1)
-	pid := os.Getpid()
-	b := &Blackhole{
-		Name:   fmt.Sprintf("%s%d-%d", nsPrefix, pid, seq),
-		HostIf: fmt.Sprintf("%s%dh%d", ifPrefix, pid, seq),
-	}
-	nsIf := fmt.Sprintf("%s%dn%d", ifPrefix, pid, seq)
-	if len(b.HostIf) > 15 || len(nsIf) > 15 {
-		t.Fatalf("interface name %q too long", b.HostIf)
-	}
-
-	t.Cleanup(func() { b.remove(t) })
-	bhRun(t, "ip", "netns", "add", b.Name)
-	bhRun(t, "ip", "link", "add", b.HostIf, "type", "veth", "peer", "name", nsIf)
-	bhRun(t, "ip", "link", "set", nsIf, "netns", b.Name)
-
-	// Pick a /30 no other namespace (of this or a parallel test process)
-	// uses, under a lock shared by all test processes on the machine.
-	func() {
-		unlock := bhLock(t, filepath.Join(os.TempDir(), "isthmus-blackhole.lock"))
-		defer unlock() // also when bhRun fails the test (runtime.Goexit runs defers)
-		prefix, err := freeSlash30()
-		if err != nil {
-			t.Fatal(err)
-		}
-		b.HostAddr = prefix.Addr().Next()
-		b.NSAddr = b.HostAddr.Next()
-		bhRun(t, "ip", "addr", "add", netip.PrefixFrom(b.HostAddr, 30).String(), "dev", b.HostIf)
-	}()
-
-	bhRun(t, "ip", "link", "set", b.HostIf, "up")
-	bhRun(t, "ip", "-n", b.Name, "addr", "add", netip.PrefixFrom(b.NSAddr, 30).String(), "dev", nsIf)
-	bhRun(t, "ip", "-n", b.Name, "link", "set", nsIf, "up")
-	bhRun(t, "ip", "-n", b.Name, "link", "set", "lo", "up")
-	nft := exec.Command("ip", "netns", "exec", b.Name, "nft", "-f", "-")
-	nft.Stdin = strings.NewReader("table inet isthmus_blackhole {\n" +
-		"  chain input { type filter hook input priority 0; policy drop; }\n" +
+	return newVethNamespace(t, "table inet isthmus_blackhole {\n"+
+		"  chain input { type filter hook input priority 0; policy drop; }\n"+
 		"}\n")
-	if out, err := nft.CombinedOutput(); err != nil {
-		t.Fatalf("nft in %s: %v\n%s", b.Name, err, out)
-	}
-
-	// Never send a packet off the machine: the address must route to our veth.
-	out := bhRun(t, "ip", "-o", "route", "get", b.NSAddr.String())
-	if !strings.Contains(" "+out+" ", " dev "+b.HostIf+" ") {
-		t.Fatalf("%s does not route to %s: %q", b.NSAddr, b.HostIf, out)
-	}
-	return b
 }
 
 // Addr is NSAddr:port, a TCP address whose dial hangs.

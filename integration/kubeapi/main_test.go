@@ -4,8 +4,6 @@
 package kubeapi
 
 import (
-	"fmt"
-	"os"
 	"testing"
 
 	"isthmus.dev/integration/harness"
@@ -13,14 +11,4 @@ import (
 
 var bins harness.Binaries
 
-func TestMain(m *testing.M) {
-	var err error
-	bins, err = harness.Build(true)
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "building the binaries under test:", err)
-		os.Exit(1)
-	}
-	code := m.Run()
-	harness.Cleanup()
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { harness.Main(m, &bins) }

@@ -16,25 +16,7 @@ import (
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
 // tcpPair returns both ends of a loopback TCP connection.
-func tcpPair(t *testing.T) (net.Conn, net.Conn) {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	acc := make(chan net.Conn, 1)
-	go func() { c, _ := ln.Accept(); acc <- c }()
-	c, err := net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	s := <-acc
-	if s == nil {
-		t.Fatal("accept failed")
-	}
-	return c, s
-}
+func tcpPair(t *testing.T) (net.Conn, net.Conn) { return socketPair(t, "tcp") }
 
 // client <-> [a | splice | b] <-> backend, over real TCP: a half-close
 // travels through, and the answer after it still arrives.
@@ -194,17 +176,18 @@ func TestIdleHoldsNoBuffer(t *testing.T) {
 // socketPair returns both ends of a loopback TCP or Unix connection.
 func socketPair(t *testing.T, network string) (net.Conn, net.Conn) {
 	t.Helper()
-	if network == "tcp" {
-		return tcpPair(t)
+	addr := "127.0.0.1:0"
+	if network == "unix" {
+		addr = filepath.Join(t.TempDir(), "s")
 	}
-	ln, err := net.Listen("unix", filepath.Join(t.TempDir(), "s"))
+	ln, err := net.Listen(network, addr)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer ln.Close()
 	acc := make(chan net.Conn, 1)
 	go func() { c, _ := ln.Accept(); acc <- c }()
-	c, err := net.Dial("unix", ln.Addr().String())
+	c, err := net.Dial(network, ln.Addr().String())
 	if err != nil {
 		t.Fatal(err)
 	}
