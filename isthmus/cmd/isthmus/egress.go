@@ -83,7 +83,7 @@ func parseEgressRender(args []string) (renderOptions, error) {
 	etcd := fs.String("etcd", string(egress.RouteDirect), "the etcd selection: direct, proxy (like cluster) or omit")
 	fs.StringVar(&o.out, "out", "egress-selector-configuration.yaml", `file to write, or "-" for standard output`)
 	fs.StringVar(&o.configPath, "config-path", "", "path kube-apiserver will read the file at, for the printed flag (default: --out made absolute)")
-	fs.StringVar(&o.audience, "agent-audience", egress.DefaultAgentAudience, "audience of the agents' service-account tokens (proxy-server's --authentication-audience)")
+	fs.StringVar(&o.audience, "agent-audience", egress.DefaultAgentAudience, "audience of the agents' service-account tokens, added to kube-apiserver's --api-audiences (for when agents authenticate with tokens; proxy-server authenticates them by client certificate today)")
 	fs.StringSliceVar(&o.keep, "existing-audiences", []string{egress.DefaultServiceAccountIssuer},
 		"audiences kube-apiserver accepts today (its --api-audiences, or else its --service-account-issuer); kept in --api-audiences")
 	fs.BoolVar(&o.force, "force", false, "replace --out if it exists")
@@ -139,7 +139,7 @@ func runEgressRender(args []string) error {
 		fmt.Fprintln(stdout, "  "+f)
 	}
 	fmt.Fprintln(stdout, "\nproxy-server flags to match:")
-	for _, f := range proxyServerFlags(cfg, o.audience) {
+	for _, f := range proxyServerFlags(cfg) {
 		fmt.Fprintln(stdout, "  "+f)
 	}
 	return nil
@@ -147,7 +147,7 @@ func runEgressRender(args []string) error {
 
 // proxyServerFlags are the proxy-server flags that match cfg's cluster
 // selection.
-func proxyServerFlags(cfg *apiserver.EgressSelectorConfiguration, audience string) []string {
+func proxyServerFlags(cfg *apiserver.EgressSelectorConfiguration) []string {
 	c := clusterConnection(cfg)
 	if c == nil || c.Transport == nil {
 		return nil
@@ -168,7 +168,10 @@ func proxyServerFlags(cfg *apiserver.EgressSelectorConfiguration, audience strin
 			flags = append(flags, "--server-ca-cert=<the CA that signed "+filepath.Base(t.TLSConfig.ClientCert)+">")
 		}
 	}
-	return append(flags, "--authentication-audience="+audience)
+	// No --authentication-audience: proxy-server does not take agent
+	// tokens yet (it refuses the flag) and authenticates agents by their
+	// client certificates (--cluster-ca-cert).
+	return append(flags, "--cluster-ca-cert=<the CA that signed the agents' certificates>")
 }
 
 func clusterConnection(cfg *apiserver.EgressSelectorConfiguration) *apiserver.Connection {
