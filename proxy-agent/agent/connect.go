@@ -62,9 +62,11 @@ func (p *pendingLink) close() {
 // (ALPN), the ANP gRPC link otherwise.
 func (a *Agent) connect(ctx context.Context, host string) (*pendingLink, int, error) {
 	target := net.JoinHostPort(strings.Trim(host, "[]"), strconv.Itoa(a.cfg.ProxyServerPort))
-	tc := a.tls.Clone()
+	var tc *tls.Config
 	if a.reloader != nil {
 		tc = a.reloader.ClientConfig(a.tls) // the files as they are now
+	} else {
+		tc = a.tls.Clone()
 	}
 	tc.ServerName = strings.Trim(host, "[]")
 	if a.cfg.Link != LinkANP {

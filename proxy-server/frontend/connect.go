@@ -108,13 +108,7 @@ func (s *Connect) handle(c net.Conn) {
 	if s.Tracker != nil {
 		defer s.Tracker.Add()()
 	}
-	// The request is parsed and the dial made on a goroutine that ends
-	// then: the deep stacks of HTTP parsing, TLS and dialling go with it,
-	// and the long-lived copy goroutines keep small ones. (An idle
-	// connection costs mostly its goroutines' stacks.)
-	setup := make(chan net.Conn, 1)
-	go func() { setup <- s.connect(c) }()
-	tc := <-setup
+	tc := splice.OnOwnStack(func() net.Conn { return s.connect(c) })
 	if tc == nil {
 		return
 	}

@@ -129,20 +129,14 @@ func (l *AgentLink) Run(ctx context.Context, dial link.DialFunc) error {
 // closes the stream first), answer, then splice.
 func (l *AgentLink) serve(ctx context.Context, st *yamux.Stream, dial link.DialFunc) {
 	c := l.track(st)
-	// Header, dial and answer run on a goroutine that ends then: the deep
-	// stack of dialling goes with it, and the long-lived copy goroutines
-	// keep small ones (an idle connection costs mostly their stacks).
 	type dialed struct {
 		address string
 		backend net.Conn
 	}
-	setup := make(chan dialed, 1)
-	go func() {
-		var d dialed
+	d := splice.OnOwnStack(func() (d dialed) {
 		d.address, d.backend = l.connect(ctx, c, st, dial)
-		setup <- d
-	}()
-	d := <-setup
+		return d
+	})
 	if d.backend == nil {
 		return
 	}

@@ -99,11 +99,11 @@ func Splice(a, b net.Conn) Result {
 // buffers sized to the traffic. It also returns the error that ended reading
 // src, if reading ended it.
 func copyBuf(dst io.Writer, src io.Reader) (n int64, readErr, err error) {
-	s := newSource(src)
 	var b buffers
 	defer b.release()
+	s := newSource(src, &b)
 	for {
-		nr, rerr := s.read(&b)
+		nr, rerr := s.read()
 		if nr > 0 {
 			nw, werr := dst.Write(b.buf()[:nr])
 			n += int64(nw)
@@ -187,14 +187,21 @@ type source struct {
 	r    io.Reader
 	raw  syscall.RawConn
 	wait ReadWaiter
+
+	// A raw read's callback, made once (not a closure per read), and what
+	// it reports.
+	readFD func(fd uintptr) bool
+	b      *buffers
+	n      int
+	err    error
 }
 
-func newSource(r io.Reader) *source {
-	s := &source{r: r}
+func newSource(r io.Reader, b *buffers) *source {
+	s := &source{r: r, b: b}
 	switch c := r.(type) {
 	case *net.TCPConn, *net.UnixConn:
 		if rc, err := c.(syscall.Conn).SyscallConn(); err == nil {
-			s.raw = rc
+			s.raw, s.readFD = rc, s.readRaw
 		}
 	case ReadWaiter:
 		s.wait = c
@@ -202,39 +209,50 @@ func newSource(r io.Reader) *source {
 	return s
 }
 
-func (s *source) read(b *buffers) (int, error) {
+// readRaw reads the descriptor into the buffer; when nothing is there it
+// gives the buffer back and lets the poller wait.
+func (s *source) readRaw(fd uintptr) bool {
+	for {
+		s.n, s.err = syscall.Read(int(fd), s.b.buf())
+		switch s.err {
+		case syscall.EINTR:
+			continue
+		case syscall.EAGAIN:
+			s.b.release() // idle: wait for the poller without a buffer
+			return false
+		}
+		return true
+	}
+}
+
+func (s *source) read() (int, error) {
 	switch {
 	case s.raw != nil:
-		var n int
-		var err error
-		if rerr := s.raw.Read(func(fd uintptr) bool {
-			for {
-				n, err = syscall.Read(int(fd), b.buf())
-				switch err {
-				case syscall.EINTR:
-					continue
-				case syscall.EAGAIN:
-					b.release() // idle: wait for the poller without a buffer
-					return false
-				}
-				return true
-			}
-		}); rerr != nil {
-			return 0, rerr // closed, or a deadline
+		if err := s.raw.Read(s.readFD); err != nil {
+			return 0, err // closed, or a deadline
 		}
 		switch {
-		case err != nil:
-			return 0, os.NewSyscallError("read", err)
-		case n == 0:
+		case s.err != nil:
+			return 0, os.NewSyscallError("read", s.err)
+		case s.n == 0:
 			return 0, io.EOF
 		}
-		return n, nil
-	case s.wait != nil && b.p == nil:
-		if err := s.wait.WaitRead(); err != nil {
-			return s.r.Read(b.buf()) // says the same error, the usual way
-		}
+		return s.n, nil
+	case s.wait != nil && s.b.p == nil:
+		_ = s.wait.WaitRead() // an error comes again from Read
 	}
-	return s.r.Read(b.buf())
+	return s.r.Read(s.b.buf())
+}
+
+// OnOwnStack runs f on a goroutine of its own and returns its result. A
+// connection's setup (request parsing, TLS handshakes, dials) grows deep
+// stacks; run there, that growth ends with f instead of staying with the
+// goroutine that then copies for the connection's whole life (an idle
+// connection costs mostly its goroutines' stacks).
+func OnOwnStack[T any](f func() T) T {
+	res := make(chan T, 1)
+	go func() { res <- f() }()
+	return <-res
 }
 
 // abort makes the next Close of c abortive where the transport has one: a

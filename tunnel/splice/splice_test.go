@@ -197,3 +197,26 @@ func socketPair(t *testing.T, network string) (net.Conn, net.Conn) {
 	}
 	return c, s
 }
+
+// A socket read allocates nothing per call (the raw-read callback is made
+// once per connection).
+func TestRawReadDoesNotAllocate(t *testing.T) {
+	a, b := tcpPair(t)
+	defer a.Close()
+	defer b.Close()
+	var bufs buffers
+	defer bufs.release()
+	s := newSource(b, &bufs)
+	msg := []byte("x")
+	allocs := testing.AllocsPerRun(100, func() {
+		if _, err := a.Write(msg); err != nil {
+			t.Fatal(err)
+		}
+		if n, err := s.read(); n != 1 || err != nil {
+			t.Fatalf("read %d, %v", n, err)
+		}
+	})
+	if allocs != 0 {
+		t.Fatalf("%.1f allocations per read", allocs)
+	}
+}
