@@ -3,7 +3,10 @@ SHELL   := /bin/bash
 MODULES := tunnel certs egress cni proxy-server proxy-agent isthmus integration
 BIN     := $(CURDIR)/bin
 VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
+COMMIT  ?= $(shell git rev-parse HEAD 2>/dev/null || echo unknown)
 GO      ?= go
+# --version, the start-up log line and build_info say which build runs.
+LDFLAGS := -X isthmus.dev/tunnel/buildinfo.version=$(VERSION) -X isthmus.dev/tunnel/buildinfo.commit=$(COMMIT)
 
 .PHONY: all build demo test test-unit test-integration bench lint deps clean
 
@@ -11,7 +14,7 @@ all: build
 
 build:
 	@mkdir -p $(BIN)
-	$(GO) build -trimpath -o $(BIN)/ \
+	$(GO) build -trimpath -ldflags "$(LDFLAGS)" -o $(BIN)/ \
 		isthmus.dev/proxy-server/cmd/proxy-server \
 		isthmus.dev/proxy-agent/cmd/proxy-agent \
 		isthmus.dev/isthmus/cmd/isthmus

@@ -10,7 +10,6 @@ import (
 	"net/http"
 	"net/netip"
 	"os"
-	"path/filepath"
 	"strconv"
 	"sync"
 	"syscall"
@@ -148,15 +147,10 @@ func newICPCluster(t *testing.T) *icpCluster {
 // from the test, which stands for kube-apiserver on the controller).
 func (c *icpCluster) startServer(t *testing.T, mode string, agentPort int) *harness.Server {
 	t.Helper()
-	dir, err := os.MkdirTemp("", "isthmus-uds-") // short: socket paths are limited to 108 bytes
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
 	s := &harness.Server{
 		Opts:       harness.ServerOpts{Impl: harness.Isthmus, Mode: mode, Transport: harness.UDS, ID: "ctrl-" + mode, Count: 1},
 		PKI:        c.pki,
-		UDS:        filepath.Join(dir, "proxy.sock"),
+		UDS:        harness.UDSPath(t),
 		AgentPort:  agentPort,
 		HealthPort: 8092,
 	}
@@ -167,6 +161,7 @@ func (c *icpCluster) startServer(t *testing.T, mode string, agentPort int) *harn
 		"--health-port=" + strconv.Itoa(s.HealthPort), "--health-bind-address=127.0.0.1",
 		"--admin-port=8095", "--server-id=" + s.Opts.ID, "--server-count=1",
 	}
+	args = append(args, s.Opts.Auth.Flags(c.pki)...)
 	s.Proc = harness.Start(t, "isthmus-server-"+mode, "ip", args...)
 	t.Cleanup(func() { _ = s.Stop(10 * time.Second) })
 	return s
@@ -182,6 +177,7 @@ func (c *icpCluster) startAgent(t *testing.T, s *harness.Server) {
 		"--health-server-host=127.0.0.1", "--health-server-port=8093", "--admin-server-port=8094",
 		"--sync-interval=100ms", "--sync-interval-cap=1s",
 	}
+	args = append(args, harness.AgentAuth{}.Flags(c.pki)...)
 	p := harness.Start(t, "isthmus-agent-"+s.Opts.Mode, "ip", args...)
 	t.Cleanup(func() { _ = p.Stop(10 * time.Second) })
 }

@@ -49,18 +49,6 @@ var faultCases = []faultCase{
 	{harness.HTTPConnect, harness.UDS}, {harness.HTTPConnect, harness.TCP},
 }
 
-func faultServerMetrics(s *harness.Server) string {
-	return "http://127.0.0.1:" + strconv.Itoa(s.HealthPort) + "/metrics"
-}
-
-func faultAgentMetrics(a *harness.Agent) string {
-	return "http://127.0.0.1:" + strconv.Itoa(a.HealthPort) + "/metrics"
-}
-
-func faultAgentReadyURL(a *harness.Agent) string {
-	return "http://127.0.0.1:" + strconv.Itoa(a.HealthPort) + "/readyz"
-}
-
 // faultStartPair starts a server and one agent and waits until both are ready.
 func faultStartPair(t testing.TB, pki *certs.Bundle, c faultCase, serverExtra, agentExtra []string) (*harness.Server, *harness.Agent) {
 	t.Helper()
@@ -103,9 +91,9 @@ func faultExpectDialError(t testing.TB, mode string, err error, status int) {
 // connection nor the agent a backend connection.
 func faultNoLeftovers(t testing.TB, s *harness.Server, agents ...*harness.Agent) {
 	t.Helper()
-	harness.WaitMetric(t, 10*time.Second, faultServerMetrics(s), faultMServerConns, 0)
+	harness.WaitMetric(t, 10*time.Second, s.MetricsURL(), faultMServerConns, 0)
 	for _, a := range agents {
-		harness.WaitMetric(t, 10*time.Second, faultAgentMetrics(a), faultMAgentOpen, 0)
+		harness.WaitMetric(t, 10*time.Second, a.MetricsURL(), faultMAgentOpen, 0)
 	}
 }
 
@@ -246,8 +234,8 @@ func TestFaultDialRefused(t *testing.T) {
 				conn.Close()
 			}
 			faultExpectDialError(t, c.mode, err, http.StatusBadGateway)
-			harness.WaitMetric(t, 10*time.Second, faultAgentMetrics(a), faultMAgentDialFailures, 1, "reason", "refused")
-			harness.WaitMetric(t, 10*time.Second, faultServerMetrics(s), faultMServerDials, 1, "frontend", c.mode, "result", "refused")
+			harness.WaitMetric(t, 10*time.Second, a.MetricsURL(), faultMAgentDialFailures, 1, "reason", "refused")
+			harness.WaitMetric(t, 10*time.Second, s.MetricsURL(), faultMServerDials, 1, "frontend", c.mode, "result", "refused")
 			faultNoLeftovers(t, s, a)
 			faultEcho(t, s, echo.Addr(), "after a refused dial")
 			faultNoLeftovers(t, s, a)
@@ -275,8 +263,8 @@ func TestFaultDialTimeout(t *testing.T) {
 				conn.Close()
 			}
 			faultExpectDialError(t, c.mode, err, http.StatusGatewayTimeout)
-			harness.WaitMetric(t, 10*time.Second, faultAgentMetrics(a), faultMAgentDialFailures, 1, "reason", "timeout")
-			harness.WaitMetric(t, 10*time.Second, faultServerMetrics(s), faultMServerDials, 1, "frontend", c.mode, "result", "timeout")
+			harness.WaitMetric(t, 10*time.Second, a.MetricsURL(), faultMAgentDialFailures, 1, "reason", "timeout")
+			harness.WaitMetric(t, 10*time.Second, s.MetricsURL(), faultMServerDials, 1, "frontend", c.mode, "result", "timeout")
 			harness.WaitFor(t, 10*time.Second, "no socket to "+target, func() bool { return bh.Sockets(t) == 0 })
 			faultNoLeftovers(t, s, a)
 			faultEcho(t, s, echo.Addr(), "after a timed-out dial")
@@ -348,12 +336,12 @@ func faultCancelPending(t testing.TB, bh *harness.Blackhole, s *harness.Server, 
 	}
 	t.Logf("cancelled dial %d returned: %v", n, r.err)
 	harness.WaitFor(t, 10*time.Second, "the agent's pending dial to end after the cancel", func() bool { return bh.Sockets(t) == 0 })
-	harness.WaitMetric(t, 10*time.Second, faultAgentMetrics(a), faultMAgentDialFailures, float64(n), "reason", "cancelled")
+	harness.WaitMetric(t, 10*time.Second, a.MetricsURL(), faultMAgentDialFailures, float64(n), "reason", "cancelled")
 	mode := harness.HTTPConnect
 	if grpc {
 		mode = harness.GRPC
 	}
-	harness.WaitMetric(t, 10*time.Second, faultServerMetrics(s), faultMServerDials, float64(n), "frontend", mode, "result", "cancelled")
+	harness.WaitMetric(t, 10*time.Second, s.MetricsURL(), faultMServerDials, float64(n), "frontend", mode, "result", "cancelled")
 	faultNoLeftovers(t, s, a)
 }
 
@@ -434,9 +422,9 @@ func TestFaultServerDialTimeout(t *testing.T) {
 				conn.Close()
 			}
 			faultExpectDialError(t, c.mode, err, http.StatusGatewayTimeout)
-			harness.WaitMetric(t, 10*time.Second, faultServerMetrics(s), faultMServerDials, 1, "frontend", c.mode, "result", "timeout")
+			harness.WaitMetric(t, 10*time.Second, s.MetricsURL(), faultMServerDials, 1, "frontend", c.mode, "result", "timeout")
 			harness.WaitFor(t, 10*time.Second, "the agent's dial to be cancelled", func() bool { return bh.Sockets(t) == 0 })
-			harness.WaitMetric(t, 10*time.Second, faultAgentMetrics(a), faultMAgentDialFailures, 1, "reason", "cancelled")
+			harness.WaitMetric(t, 10*time.Second, a.MetricsURL(), faultMAgentDialFailures, 1, "reason", "cancelled")
 			faultNoLeftovers(t, s, a)
 		})
 	}
@@ -464,8 +452,8 @@ func TestFaultAgentKilledMidDial(t *testing.T) {
 				r.c.Close()
 			}
 			faultExpectDialError(t, c.mode, r.err, http.StatusBadGateway)
-			harness.WaitMetric(t, 10*time.Second, faultServerMetrics(s), faultMServerDials, 1, "frontend", c.mode, "result", "link_closed")
-			harness.WaitMetric(t, 10*time.Second, faultServerMetrics(s), faultMServerConns, 0)
+			harness.WaitMetric(t, 10*time.Second, s.MetricsURL(), faultMServerDials, 1, "frontend", c.mode, "result", "link_closed")
+			harness.WaitMetric(t, 10*time.Second, s.MetricsURL(), faultMServerConns, 0)
 
 			a2 := harness.StartAgent(t, bins, s, harness.AgentOpts{})
 			a2.WaitReady(t)
@@ -495,8 +483,8 @@ func TestFaultNoAgent(t *testing.T) {
 				conn.Close()
 			}
 			faultExpectDialError(t, c.mode, err, http.StatusServiceUnavailable)
-			harness.WaitMetric(t, 10*time.Second, faultServerMetrics(s), faultMServerDials, 1, "frontend", c.mode, "result", "no_agent")
-			harness.WaitMetric(t, 10*time.Second, faultServerMetrics(s), faultMServerConns, 0)
+			harness.WaitMetric(t, 10*time.Second, s.MetricsURL(), faultMServerDials, 1, "frontend", c.mode, "result", "no_agent")
+			harness.WaitMetric(t, 10*time.Second, s.MetricsURL(), faultMServerConns, 0)
 
 			a := harness.StartAgent(t, bins, s, harness.AgentOpts{})
 			a.WaitReady(t)
@@ -523,7 +511,7 @@ func TestFaultAgentKilled(t *testing.T) {
 			survivor := harness.StartAgent(t, bins, s, harness.AgentOpts{})
 			victim.WaitReady(t)
 			survivor.WaitReady(t)
-			harness.WaitMetric(t, 20*time.Second, faultServerMetrics(s), faultMServerBackends, 2)
+			harness.WaitMetric(t, 20*time.Second, s.MetricsURL(), faultMServerBackends, 2)
 
 			ws := make([]*faultConn, 0, conns)
 			for i := range conns {
@@ -539,11 +527,11 @@ func TestFaultAgentKilled(t *testing.T) {
 				}
 				ws = append(ws, w)
 			}
-			onVictim, err := harness.MetricSum(faultAgentMetrics(victim), faultMAgentOpen)
+			onVictim, err := harness.MetricSum(victim.MetricsURL(), faultMAgentOpen)
 			if err != nil {
 				t.Fatal(err)
 			}
-			onSurvivor, err := harness.MetricSum(faultAgentMetrics(survivor), faultMAgentOpen)
+			onSurvivor, err := harness.MetricSum(survivor.MetricsURL(), faultMAgentOpen)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -553,7 +541,7 @@ func TestFaultAgentKilled(t *testing.T) {
 			}
 
 			victim.Kill()
-			harness.WaitMetric(t, 10*time.Second, faultServerMetrics(s), faultMServerBackends, 1)
+			harness.WaitMetric(t, 10*time.Second, s.MetricsURL(), faultMServerBackends, 1)
 			harness.WaitFor(t, 15*time.Second, "the killed agent's connections to end", func() bool {
 				n := 0
 				for _, w := range ws {
@@ -658,10 +646,10 @@ func TestFaultServerRestart(t *testing.T) {
 	faultRestart(t, "server", func(t *testing.T, _ faultCase, s *harness.Server, a *harness.Agent, echo *harness.Backend) {
 		s.Kill()
 		harness.WaitFor(t, 10*time.Second, "agent /readyz to fail", func() bool {
-			return harness.HTTPStatus(faultAgentReadyURL(a)) == http.StatusServiceUnavailable
+			return harness.HTTPStatus(a.ReadyURL()) == http.StatusServiceUnavailable
 		})
 		// The agent let go of the backend connection of the dead tunnel.
-		harness.WaitMetric(t, 10*time.Second, faultAgentMetrics(a), faultMAgentOpen, 0)
+		harness.WaitMetric(t, 10*time.Second, a.MetricsURL(), faultMAgentOpen, 0)
 		harness.WaitFor(t, 10*time.Second, "echo backend connections closed", func() bool { return echo.Open() == 0 })
 	}, func(t *testing.T, s *harness.Server, _ *harness.Agent) { s.Restart(t) })
 }

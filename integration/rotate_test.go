@@ -30,9 +30,14 @@ func TestAgentPortCertificateRotates(t *testing.T) {
 	}
 	pool := x509.NewCertPool()
 	pool.AppendCertsFromPEM(caPEM)
+	agentCert, err := tls.LoadX509KeyPair(pki.AgentCert, pki.AgentKey) // the server requires agents' certificates
+	if err != nil {
+		t.Fatal(err)
+	}
 	served := func() string {
 		c, err := tls.Dial("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(s.AgentPort)),
-			&tls.Config{RootCAs: pool, ServerName: "127.0.0.1", NextProtos: []string{"h2"}, MinVersion: tls.VersionTLS12})
+			&tls.Config{RootCAs: pool, Certificates: []tls.Certificate{agentCert}, ServerName: "127.0.0.1",
+				NextProtos: []string{"h2"}, MinVersion: tls.VersionTLS12})
 		if err != nil {
 			t.Fatalf("handshake with the agent port: %v", err)
 		}

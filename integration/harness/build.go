@@ -9,9 +9,12 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"go.uber.org/goleak"
 )
 
 // Binaries are the programs the tests run.
@@ -49,6 +52,13 @@ func Build(race bool) (Binaries, error) {
 		if race && raceSupported() {
 			ours = append(ours, "-race")
 		}
+		// Stamped as the Makefile does: --version, the start-up log line and
+		// build_info say StampedVersion and this checkout's commit.
+		commit := "unknown"
+		if out, err := exec.CommandContext(ctx, "git", "rev-parse", "HEAD").Output(); err == nil {
+			commit = strings.TrimSpace(string(out))
+		}
+		ours = append(ours, "-ldflags", "-X isthmus.dev/tunnel/buildinfo.version="+StampedVersion+" -X isthmus.dev/tunnel/buildinfo.commit="+commit)
 		ours = append(ours, "isthmus.dev/proxy-server/cmd/proxy-server", "isthmus.dev/proxy-agent/cmd/proxy-agent")
 		if err := goCmd(ctx, ours...); err != nil {
 			buildErr = err
@@ -68,6 +78,9 @@ func Build(race bool) (Binaries, error) {
 }
 
 var buildDir string
+
+// StampedVersion is the version Build stamps into isthmus's binaries.
+const StampedVersion = "v0.0.0-integration"
 
 // Cleanup removes the built binaries; call it from TestMain.
 func Cleanup() {
@@ -89,16 +102,31 @@ func goCmd(ctx context.Context, args ...string) error {
 }
 
 // Main is the TestMain of a package of daemon tests: it builds the binaries
-// under test (race-enabled where supported) into *bins, runs the tests and
-// removes the build.
-func Main(m *testing.M, bins *Binaries) {
+// under test (race-enabled where supported) into *bins, runs the tests,
+// ends the Shared fixtures and removes the build.
+func Main(m *testing.M, bins *Binaries, opts ...MainOption) {
+	var cfg mainConfig
+	for _, o := range opts {
+		o(&cfg)
+	}
 	var err error
 	*bins, err = Build(true)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "building the binaries under test:", err)
 		os.Exit(1)
 	}
+	before := goleak.IgnoreCurrent() // what runs before any test
 	code := m.Run()
+	if !pkgScope.end() && code == 0 {
+		fmt.Fprintln(os.Stderr, "FAIL: a shared fixture reported an error at its cleanup (above)")
+		code = 1
+	}
+	if cfg.leakAtEnd && code == 0 {
+		if err := findLeaks(append([]goleak.Option{before}, cfg.ignore...)); err != nil {
+			fmt.Fprintln(os.Stderr, "FAIL: goroutines left after the tests:", err)
+			code = 1
+		}
+	}
 	Cleanup()
 	os.Exit(code)
 }

@@ -47,7 +47,9 @@ type ServerOpts struct {
 	Transport string // UDS or TCP
 	ID        string
 	Count     int
-	AgentPort int      // 0: a free port
+	AgentPort int    // 0: a free port
+	UDSName   string // with Transport UDS: the socket's path; "": a new UDSPath
+	Auth      ServerAuth
 	Extra     []string // more flags
 }
 
@@ -74,8 +76,29 @@ func NewPKI(t testing.TB) *certs.Bundle {
 	return b
 }
 
+// UDSPath is a path for a Unix socket in a new directory removed at
+// cleanup, short enough for the 108-byte limit of socket paths.
+func UDSPath(t testing.TB) string {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "isthmus-uds-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	return filepath.Join(dir, "proxy.sock")
+}
+
 // StartServer starts a proxy-server and waits for its health port.
 func StartServer(t testing.TB, bins Binaries, pki *certs.Bundle, o ServerOpts) *Server {
+	t.Helper()
+	s := NewServer(t, bins, pki, o)
+	s.start(t)
+	return s
+}
+
+// NewServer prepares a proxy-server's command line without starting it
+// (see Bin and Args): for a test that expects it to refuse to start.
+func NewServer(t testing.TB, bins Binaries, pki *certs.Bundle, o ServerOpts) *Server {
 	t.Helper()
 	if o.Impl == "" {
 		o.Impl = Isthmus
@@ -106,12 +129,10 @@ func StartServer(t testing.TB, bins Binaries, pki *certs.Bundle, o ServerOpts) *
 		"--server-id=" + o.ID, "--server-count=" + strconv.Itoa(o.Count),
 	}
 	if o.Transport == UDS {
-		dir, err := os.MkdirTemp("", "isthmus-uds-") // short: socket paths are limited to 108 bytes
-		if err != nil {
-			t.Fatal(err)
+		s.UDS = o.UDSName
+		if s.UDS == "" {
+			s.UDS = UDSPath(t)
 		}
-		t.Cleanup(func() { os.RemoveAll(dir) })
-		s.UDS = filepath.Join(dir, "proxy.sock")
 		args = append(args, "--uds-name="+s.UDS, "--server-port=0")
 	} else {
 		port := freePort(t)
@@ -122,18 +143,25 @@ func StartServer(t testing.TB, bins Binaries, pki *certs.Bundle, o ServerOpts) *
 	if o.Impl == Upstream {
 		args = append(args, "--logtostderr=true", "-v=1")
 	}
+	args = append(args, o.Auth.Flags(pki)...)
 	s.args = append(args, o.Extra...)
 	s.bin = bins.ProxyServer
 	if o.Impl == Upstream {
 		s.bin = bins.ANPServer
 	}
-	s.start(t)
 	return s
 }
+
+// Bin is the server's program.
+func (s *Server) Bin() string { return s.bin }
+
+// Args are the server's flags.
+func (s *Server) Args() []string { return s.args }
 
 func (s *Server) start(t testing.TB) {
 	t.Helper()
 	s.Proc = Start(t, string(s.Opts.Impl)+"-server", s.bin, s.args...)
+	s.DumpOnFailure = s.Opts.Impl == Isthmus
 	health := "http://127.0.0.1:" + strconv.Itoa(s.HealthPort) + "/healthz"
 	WaitFor(t, 30*time.Second, s.Name+" health", func() bool {
 		select {
@@ -157,7 +185,7 @@ func (s *Server) ReadyURL() string {
 	return "http://127.0.0.1:" + strconv.Itoa(s.HealthPort) + "/readyz"
 }
 
-// WaitAgents waits until the server reports it is ready (an agent is
+// WaitReady waits until the server reports it is ready (an agent is
 // connected).
 func (s *Server) WaitReady(t testing.TB) {
 	t.Helper()
@@ -170,6 +198,8 @@ type AgentOpts struct {
 	ID          string
 	Hosts       string // --proxy-server-host; default 127.0.0.1
 	Identifiers string
+	Port        int // --proxy-server-port; 0: the server's agent port
+	Auth        AgentAuth
 	Extra       []string
 	Worker      *Worker // run inside this worker's namespace
 }
@@ -195,9 +225,12 @@ func StartAgent(t testing.TB, bins Binaries, s *Server, o AgentOpts) *Agent {
 	if o.Hosts == "" {
 		o.Hosts = "127.0.0.1"
 	}
+	if o.Port == 0 {
+		o.Port = s.AgentPort
+	}
 	a := &Agent{Opts: o, HealthPort: FreePort(t)}
 	a.args = []string{
-		"--proxy-server-host=" + o.Hosts, "--proxy-server-port=" + strconv.Itoa(s.AgentPort),
+		"--proxy-server-host=" + o.Hosts, "--proxy-server-port=" + strconv.Itoa(o.Port),
 		"--ca-cert=" + s.PKI.CACert, "--agent-id=" + o.ID,
 		"--health-server-port=" + strconv.Itoa(a.HealthPort),
 		"--admin-server-port=" + strconv.Itoa(FreePort(t)),
@@ -211,6 +244,7 @@ func StartAgent(t testing.TB, bins Binaries, s *Server, o AgentOpts) *Agent {
 	} else {
 		a.args = append(a.args, "--health-server-host=127.0.0.1")
 	}
+	a.args = append(a.args, o.Auth.Flags(s.PKI)...)
 	a.args = append(a.args, o.Extra...)
 	a.bin = bins.ProxyAgent
 	if o.Impl == Upstream {
@@ -220,6 +254,7 @@ func StartAgent(t testing.TB, bins Binaries, s *Server, o AgentOpts) *Agent {
 		a.bin, a.args = o.Worker.Command(a.bin, a.args...)
 	}
 	a.Proc = Start(t, string(o.Impl)+"-agent-"+o.ID, a.bin, a.args...)
+	a.DumpOnFailure = o.Impl == Isthmus
 	return a
 }
 
@@ -228,13 +263,19 @@ func (a *Agent) Restart(t testing.TB) {
 	t.Helper()
 	a.Kill()
 	a.Proc = Start(t, a.Name, a.bin, a.args...)
+	a.DumpOnFailure = a.Opts.Impl == Isthmus
+}
+
+// ReadyURL is the agent's readiness endpoint (200 once it holds every
+// server it expects).
+func (a *Agent) ReadyURL() string {
+	return "http://127.0.0.1:" + strconv.Itoa(a.HealthPort) + "/readyz"
 }
 
 // WaitReady waits for the agent's /readyz.
 func (a *Agent) WaitReady(t testing.TB) {
 	t.Helper()
-	url := "http://127.0.0.1:" + strconv.Itoa(a.HealthPort) + "/readyz"
-	WaitFor(t, 30*time.Second, a.Name+" readiness", func() bool { return HTTPStatus(url) == http.StatusOK })
+	WaitFor(t, 30*time.Second, a.Name+" readiness", func() bool { return HTTPStatus(a.ReadyURL()) == http.StatusOK })
 }
 
 // ClientTLS is the TLS config of a frontend client in TCP mode.
@@ -254,12 +295,13 @@ func ClientTLS(pki *certs.Bundle) (*tls.Config, error) {
 
 // ConnectError is a non-200 answer to CONNECT.
 type ConnectError struct {
-	Status int
-	Line   string
+	Status     int
+	StatusLine string // as Go reads it: "403 Forbidden: reason"
+	Line       string // the body's first line
 }
 
 func (e *ConnectError) Error() string {
-	return fmt.Sprintf("CONNECT answered %d: %s", e.Status, e.Line)
+	return fmt.Sprintf("CONNECT answered %s: %s", e.StatusLine, e.Line)
 }
 
 // DialConnect opens a tunnel through an HTTP CONNECT frontend the way
@@ -334,7 +376,7 @@ func (s *Server) connect(ctx context.Context, target string) (net.Conn, *bufio.R
 	if resp.StatusCode != http.StatusOK {
 		line, _ := bufio.NewReader(resp.Body).ReadString('\n')
 		c.Close()
-		return nil, nil, &ConnectError{Status: resp.StatusCode, Line: line}
+		return nil, nil, &ConnectError{Status: resp.StatusCode, StatusLine: resp.Status, Line: line}
 	}
 	_ = c.SetDeadline(time.Time{})
 	return c, br, nil

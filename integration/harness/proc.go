@@ -18,25 +18,30 @@ import (
 // test fails; it is killed and reaped at cleanup.
 type Proc struct {
 	Name string
-	t    testing.TB
-	cmd  *exec.Cmd
-	out  *syncBuffer
-	done chan struct{}
-	err  error
+	// DumpOnFailure: at the cleanup of a failed test the process is sent
+	// SIGQUIT before it is killed, so that a Go program prints the stack
+	// of every goroutine: where it was stuck.
+	DumpOnFailure bool
+	t             testing.TB
+	cmd           *exec.Cmd
+	out           *SyncBuffer
+	done          chan struct{}
+	err           error
 }
 
-type syncBuffer struct {
+// SyncBuffer is a bytes.Buffer that many goroutines may write and read.
+type SyncBuffer struct {
 	mu sync.Mutex
 	b  bytes.Buffer
 }
 
-func (s *syncBuffer) Write(p []byte) (int, error) {
+func (s *SyncBuffer) Write(p []byte) (int, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.b.Write(p)
 }
 
-func (s *syncBuffer) String() string {
+func (s *SyncBuffer) String() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.b.String()
@@ -46,7 +51,7 @@ func (s *syncBuffer) String() string {
 // output is logged if the test failed or the process reported a data race.
 func Start(t testing.TB, name, bin string, args ...string) *Proc {
 	t.Helper()
-	p := &Proc{Name: name, t: t, out: &syncBuffer{}, done: make(chan struct{})}
+	p := &Proc{Name: name, t: t, out: &SyncBuffer{}, done: make(chan struct{})}
 	p.cmd = exec.Command(bin, args...)
 	p.cmd.Stdout = p.out
 	p.cmd.Stderr = p.out
@@ -59,12 +64,22 @@ func Start(t testing.TB, name, bin string, args ...string) *Proc {
 		close(p.done)
 	}()
 	t.Cleanup(func() {
+		lines := 200
+		if t.Failed() && p.DumpOnFailure {
+			select {
+			case <-p.done:
+			default:
+				p.Signal(syscall.SIGQUIT)
+				_ = p.Wait(5 * time.Second)
+				lines = 1000
+			}
+		}
 		p.Kill()
 		out := p.out.String()
 		if strings.Contains(out, "WARNING: DATA RACE") {
 			t.Errorf("%s reported a data race:\n%s", name, out)
 		} else if t.Failed() {
-			t.Logf("--- output of %s (%s):\n%s", name, p.cmd, tail(out, 200))
+			t.Logf("--- output of %s (%s):\n%s", name, p.cmd, tail(out, lines))
 		}
 	})
 	return p

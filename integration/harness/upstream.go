@@ -63,6 +63,13 @@ func (a *Agent) WaitServers(t testing.TB, n int) {
 	WaitMetric(t, 30*time.Second, a.MetricsURL(), "konnectivity_network_proxy_agent_open_server_connections", float64(n))
 }
 
+// WaitAgents waits until an isthmus server holds n agent links, by its
+// konnectivity_network_proxy_server_agent_links gauge.
+func (s *Server) WaitAgents(t testing.TB, n int) {
+	t.Helper()
+	WaitMetric(t, 30*time.Second, s.MetricsURL(), "konnectivity_network_proxy_server_agent_links", float64(n))
+}
+
 // MetricsURL is the agent's /metrics on its health port (both
 // implementations serve it there).
 func (a *Agent) MetricsURL() string {

@@ -45,33 +45,61 @@ func NewWorker(t testing.TB) *Worker {
 	return &Worker{Name: b.Name, HostIf: b.HostIf, HostAddr: b.HostAddr, NodeAddr: b.NSAddr}
 }
 
-// Listen opens a listener inside the worker's namespace. The socket stays
-// in that namespace; the goroutines that serve it can run anywhere.
+// Listen opens a listener inside the worker's namespace.
 func (w *Worker) Listen(network, addr string) (net.Listener, error) {
+	return listenIn(w.Name, network, addr)
+}
+
+// listenIn opens a listener inside network namespace ns. The socket stays
+// in that namespace; the goroutines that serve it can run anywhere.
+//
+// The thread goes back to its own namespace and is unlocked: a thread left
+// to die with its locked goroutine would take with it every process that
+// thread had started, as Start sets Pdeathsig, which Linux ties to the
+// parent thread, not the parent process.
+func listenIn(ns, network, addr string) (net.Listener, error) {
 	type result struct {
 		l   net.Listener
 		err error
 	}
 	res := make(chan result, 1)
 	go func() {
-		// The thread switches namespace and is never switched back: the
-		// goroutine ends locked, so the runtime drops the thread.
 		runtime.LockOSThread()
-		f, err := os.Open(filepath.Join("/var/run/netns", w.Name))
+		own, err := os.Open(fmt.Sprintf("/proc/self/task/%d/ns/net", unix.Gettid()))
 		if err != nil {
-			res <- result{err: fmt.Errorf("open namespace %s: %w", w.Name, err)}
+			runtime.UnlockOSThread()
+			res <- result{err: fmt.Errorf("open this thread's namespace: %w", err)}
 			return
 		}
-		defer f.Close()
-		if err := unix.Setns(int(f.Fd()), unix.CLONE_NEWNET); err != nil {
-			res <- result{err: fmt.Errorf("enter namespace %s: %w", w.Name, err)}
+		defer own.Close()
+		l, err := listenInLocked(ns, network, addr)
+		if err := unix.Setns(int(own.Fd()), unix.CLONE_NEWNET); err != nil {
+			// Stuck in ns: the thread must not run anything else, so it
+			// stays locked and ends with this goroutine.
+			if l != nil {
+				l.Close()
+			}
+			res <- result{err: fmt.Errorf("return from namespace %s: %w", ns, err)}
 			return
 		}
-		l, err := net.Listen(network, addr)
+		runtime.UnlockOSThread()
 		res <- result{l, err}
 	}()
 	r := <-res
 	return r.l, r.err
+}
+
+// listenInLocked enters ns on this (locked) thread and listens there.
+func listenInLocked(ns, network, addr string) (net.Listener, error) {
+	f, err := os.Open(filepath.Join("/var/run/netns", ns))
+	if err != nil {
+		return nil, fmt.Errorf("open namespace %s: %w", ns, err)
+	}
+	defer f.Close()
+	if err := unix.Setns(int(f.Fd()), unix.CLONE_NEWNET); err != nil {
+		return nil, fmt.Errorf("enter namespace %s: %w", ns, err)
+	}
+	return net.Listen(network, addr)
 }
 
 // Command is cmd run inside the worker's namespace.

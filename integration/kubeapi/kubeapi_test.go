@@ -2,12 +2,8 @@ package kubeapi
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"encoding/pem"
 	"errors"
 	"fmt"
 	"net"
@@ -21,10 +17,10 @@ import (
 	"isthmus.dev/certs"
 	"isthmus.dev/egress"
 	"isthmus.dev/integration/harness"
+	"isthmus.dev/integration/harness/controlplane"
 )
 
 const (
-	saIssuer     = "https://kubernetes.default.svc"
 	e2eNode      = "worker-1"
 	e2eNamespace = "isthmus-e2e"
 	e2ePod       = "web"
@@ -39,95 +35,111 @@ var (
 	kubeletLogs   = "line 1 of " + e2ePod + "/" + e2eContainer + "\nline 2, written on " + e2eNode + "\n"
 )
 
+// The kubeadm guide's "Set up Konnectivity service" flags: the server
+// authenticates agents by their projected service-account tokens (no
+// client certificates), through TokenReview with its own kubeconfig.
+const (
+	kubeadmNamespace      = "kube-system"
+	kubeadmServiceAccount = "konnectivity-agent"
+	kubeadmAudience       = "system:konnectivity-server"
+	kubeadmServerUser     = "system:konnectivity-server"
+)
+
 // TestKubeAPIServerThroughTunnel runs a real kube-apiserver (built from the
 // Go module proxy) with etcd and an egress configuration that sends the
-// cluster's traffic through proxy-server. The worker is a namespace the
-// control plane cannot open a connection into; its proxy-agent dials out.
-// Node proxying and pod logs must reach the worker's kubelet through the
-// tunnel, in GRPC and in HTTPConnect mode, fail cleanly while the agent is
-// away, and recover when it returns.
+// cluster's traffic through proxy-server, deployed with exactly the kubeadm
+// guide's flags. The worker is a namespace the control plane cannot open a
+// connection into; its proxy-agent dials out with a projected token. Node
+// proxying and pod logs must reach the worker's kubelet through the tunnel,
+// in GRPC and in HTTPConnect mode, over the native link; fail cleanly
+// while the agent is away; and work again when it returns over the ANP
+// link.
 func TestKubeAPIServerThroughTunnel(t *testing.T) {
-	harness.RequireKube(t)
-	if testing.Short() {
-		t.Skip("builds and runs a real kube-apiserver: not in -short")
-	}
-	kubeBin := harness.KubeAPIServerBinary(t)
-	harness.LeakCheck(t)
-
-	w := harness.NewWorker(t)
-	dir := t.TempDir()
-	pki, err := certs.NewBundle(filepath.Join(dir, "tunnel"), w.HostAddr.String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	kp := newKubePKI(t, filepath.Join(dir, "kube"), w.NodeAddr.String())
-	startFakeKubelet(t, w, kp)
-
-	// Checked first: the control plane has no way to the kubelet but the tunnel.
-	kubeletAddr := net.JoinHostPort(w.NodeAddr.String(), fmt.Sprint(kubeletPort))
-	if c, err := (&net.Dialer{Timeout: 2 * time.Second}).Dial("tcp", kubeletAddr); err == nil {
-		c.Close()
-		t.Fatalf("the control plane reached the worker's kubelet %s directly: the test proves nothing", kubeletAddr)
-	}
-
-	etcd := harness.StartEtcd(t)
+	t.Parallel()
+	controlplane.Require(t)
 	for _, mode := range []string{harness.GRPC, harness.HTTPConnect} {
 		t.Run(mode, func(t *testing.T) {
-			harness.LeakCheck(t)
-			s := harness.StartServer(t, bins, pki, harness.ServerOpts{Mode: mode, Transport: harness.UDS,
-				Extra: []string{"--agent-bind-address=" + w.HostAddr.String()}})
-			a := harness.StartAgent(t, bins, s, harness.AgentOpts{Hosts: w.HostAddr.String(), Worker: w})
-			s.WaitReady(t)
-
-			// The egress configuration and flags as `isthmus egress render`
-			// makes them.
-			rendered, err := egress.Render(egress.Config{Mode: egress.Mode(mode), Transport: egress.TransportUDS,
-				UDSName: s.UDS, ControlPlane: egress.RouteDirect, Etcd: egress.RouteDirect})
+			t.Parallel()
+			w := harness.NewWorker(t)
+			pki, err := certs.NewBundle(filepath.Join(t.TempDir(), "tunnel"), w.HostAddr.String())
 			if err != nil {
 				t.Fatal(err)
 			}
-			file := filepath.Join(t.TempDir(), "egress.yaml")
-			if err := certs.WriteFileAtomic(file, rendered, 0o644); err != nil {
-				t.Fatal(err)
+			uds := harness.UDSPath(t)
+			cp := startEgressControlPlane(t, mode, uds)
+			startFakeKubelet(t, w, cp.PKI)
+			// Checked first: the control plane has no way to the kubelet but the tunnel.
+			kubeletAddr := net.JoinHostPort(w.NodeAddr.String(), fmt.Sprint(kubeletPort))
+			if c, err := (&net.Dialer{Timeout: 2 * time.Second}).Dial("tcp", kubeletAddr); err == nil {
+				c.Close()
+				t.Fatalf("the control plane reached the worker's kubelet %s directly: the test proves nothing", kubeletAddr)
 			}
-			k := harness.StartKubeAPIServer(t, harness.KubeAPIServerOpts{
-				Bin: kubeBin, EtcdURL: etcd, EtcdPrefix: "/isthmus-" + mode,
-				ServingCert: kp.servingCert, ServingKey: kp.servingKey, ClientCA: kp.ca,
-				KubeletCA: kp.ca, KubeletCert: kp.kubeletClientCert, KubeletKey: kp.kubeletClientKey,
-				SAPublicKey: kp.saPub, SASigningKey: kp.saKey, SAIssuer: saIssuer,
-				AdminCert: kp.adminCert, AdminKey: kp.adminKey,
-				Extra: egress.APIServerFlags(file, []string{saIssuer, egress.DefaultAgentAudience}),
-			})
-			createWorkload(t, k, w.NodeAddr.String())
+			cp.CreateServiceAccount(t, kubeadmNamespace, kubeadmServiceAccount)
+			token := harness.NewTokenFile(t, cp.Token(t, kubeadmNamespace, kubeadmServiceAccount, controlplane.TokenOpts{Audience: kubeadmAudience}))
 
-			// Through the tunnel.
-			expectKubelet(t, k)
+			s := harness.StartServer(t, bins, pki, harness.ServerOpts{Mode: mode, Transport: harness.UDS, UDSName: uds,
+				Auth: harness.ServerAuth{NoClientCerts: true, Token: &harness.TokenAuth{
+					Namespace: kubeadmNamespace, ServiceAccount: kubeadmServiceAccount, Audience: kubeadmAudience,
+					Kubeconfig: cp.ProxyServerKubeconfig(t, kubeadmServerUser, kubeadmNamespace)}},
+				Extra: []string{"--logtostderr=true", "--delete-existing-uds-file", "--agent-bind-address=" + w.HostAddr.String()}})
+			agent := func(link string) *harness.Agent {
+				return harness.StartAgent(t, bins, s, harness.AgentOpts{Hosts: w.HostAddr.String(), Worker: w,
+					Auth:  harness.AgentAuth{NoClientCert: true, TokenPath: token.Path},
+					Extra: []string{"--logtostderr=true", "--link=" + link}})
+			}
+			a := agent("native")
+			s.WaitReady(t)
+			createWorkload(t, cp.API, w.NodeAddr.String())
+			expectKubelet(t, cp.API) // through the tunnel
 
-			// Agent gone: the same requests fail, promptly and with a reason.
 			a.Kill()
 			harness.WaitFor(t, 30*time.Second, "the server to notice the agent is gone", func() bool {
 				return harness.HTTPStatus(s.ReadyURL()) != http.StatusOK
 			})
-			for _, path := range kubeletPaths() {
-				ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-				status, body, err := k.Do(ctx, http.MethodGet, path, nil)
-				cancel()
-				if err != nil {
-					t.Fatalf("GET %s with the agent away: no answer from kube-apiserver: %v", path, err)
-				}
-				// The reason reaches the operator: both the gRPC error and
-				// CONNECT's status line name it.
-				if status < 500 || !strings.Contains(string(body), "no agent available") {
-					t.Fatalf("GET %s with the agent away: %d %s; want a 5xx error that says no agent is available", path, status, body)
-				}
-				t.Logf("agent away: GET %s -> %d %s", path, status, strings.TrimSpace(string(body)))
-			}
+			expectNoAgent(t, cp.API)
 
-			// Agent back: the same requests work again.
-			a.Restart(t)
+			// Agent back, over the other link: the same requests work again.
+			agent("anp")
 			s.WaitReady(t)
-			expectKubelet(t, k)
+			expectKubelet(t, cp.API)
 		})
+	}
+}
+
+// startEgressControlPlane starts a kube-apiserver (on the shared etcd and
+// PKI) with the egress configuration `isthmus egress render` makes for
+// mode: the cluster's traffic to a proxy-server on the socket uds.
+func startEgressControlPlane(t *testing.T, mode, uds string) *controlplane.ControlPlane {
+	t.Helper()
+	rendered, err := egress.Render(egress.Config{Mode: egress.Mode(mode), Transport: egress.TransportUDS,
+		UDSName: uds, ControlPlane: egress.RouteDirect, Etcd: egress.RouteDirect})
+	if err != nil {
+		t.Fatal(err)
+	}
+	file := filepath.Join(t.TempDir(), "egress.yaml")
+	if err := certs.WriteFileAtomic(file, rendered, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return controlplane.Start(t, controlplane.Opts{EtcdURL: controlplane.SharedEtcd(t), PKI: controlplane.SharedPKI(t),
+		Extra: egress.APIServerFlags(file, nil)})
+}
+
+// expectNoAgent checks that with the agent away node proxying and pod
+// logs fail, promptly, with a reason that reaches the operator: both the
+// gRPC error and CONNECT's status line name it.
+func expectNoAgent(t *testing.T, k *harness.KubeAPIServer) {
+	t.Helper()
+	for _, path := range kubeletPaths() {
+		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+		status, body, err := k.Do(ctx, http.MethodGet, path, nil)
+		cancel()
+		if err != nil {
+			t.Fatalf("GET %s with the agent away: no answer from kube-apiserver: %v", path, err)
+		}
+		if status < 500 || !strings.Contains(string(body), "no agent available") {
+			t.Fatalf("GET %s with the agent away: %d %s; want a 5xx error that says no agent is available", path, status, body)
+		}
+		t.Logf("agent away: GET %s -> %d %s", path, status, strings.TrimSpace(string(body)))
 	}
 }
 
@@ -196,80 +208,17 @@ func createWorkload(t *testing.T, k *harness.KubeAPIServer, nodeIP string) {
 	}
 }
 
-// kubePKI is the control plane's own certificates, from one CA that also
-// signs the kubelet's serving certificate.
-type kubePKI struct {
-	dir                                 string
-	ca                                  string
-	servingCert, servingKey             string
-	adminCert, adminKey                 string
-	kubeletClientCert, kubeletClientKey string
-	kubeletCert, kubeletKey             string
-	saPub, saKey                        string
-}
-
-func newKubePKI(t *testing.T, dir, nodeIP string) *kubePKI {
-	t.Helper()
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		t.Fatal(err)
-	}
-	ca, err := certs.NewCA("isthmus-e2e-kubernetes-ca", 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := &kubePKI{dir: dir, ca: filepath.Join(dir, "ca.crt")}
-	if err := certs.WriteFileAtomic(p.ca, ca.CertPEM, 0o644); err != nil {
-		t.Fatal(err)
-	}
-	issue := func(name string, r certs.Request, cert, key *string) {
-		pair, err := ca.Issue(r)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if *cert, *key, err = pair.WritePair(dir, name); err != nil {
-			t.Fatal(err)
-		}
-	}
-	issue("apiserver", certs.Request{CommonName: "kube-apiserver", DNSNames: []string{"localhost"},
-		IPs: []net.IP{net.IPv4(127, 0, 0, 1)}, Server: true}, &p.servingCert, &p.servingKey)
-	issue("admin", certs.Request{CommonName: "isthmus-e2e-admin", Organization: []string{"system:masters"}, Client: true}, &p.adminCert, &p.adminKey)
-	issue("apiserver-kubelet-client", certs.Request{CommonName: "kube-apiserver-kubelet-client",
-		Organization: []string{"system:masters"}, Client: true}, &p.kubeletClientCert, &p.kubeletClientKey)
-	issue("kubelet", certs.Request{CommonName: "system:node:" + e2eNode, IPs: []net.IP{net.ParseIP(nodeIP)}, Server: true}, &p.kubeletCert, &p.kubeletKey)
-
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	der, err := x509.MarshalPKCS8PrivateKey(key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	pub, err := x509.MarshalPKIXPublicKey(&key.PublicKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	p.saKey, p.saPub = filepath.Join(dir, "sa.key"), filepath.Join(dir, "sa.pub")
-	if err := certs.WriteFileAtomic(p.saKey, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if err := certs.WriteFileAtomic(p.saPub, pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: pub}), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	return p
-}
-
 // startFakeKubelet serves, inside the worker's namespace on the node's
 // address, the two kubelet endpoints the test asks for, over HTTPS with a
 // certificate from the cluster CA, and only to clients with a certificate
 // from it (kube-apiserver's kubelet client certificate).
-func startFakeKubelet(t *testing.T, w *harness.Worker, kp *kubePKI) {
+func startFakeKubelet(t *testing.T, w *harness.Worker, kp *harness.KubePKI) {
 	t.Helper()
-	cert, err := tls.LoadX509KeyPair(kp.kubeletCert, kp.kubeletKey)
+	cert, err := tls.LoadX509KeyPair(kp.KubeletCert(t, e2eNode, w.NodeAddr.String()))
 	if err != nil {
 		t.Fatal(err)
 	}
-	caPEM, err := os.ReadFile(kp.ca)
+	caPEM, err := os.ReadFile(kp.CA)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -88,7 +88,7 @@ func (r *run) run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	r.detail("CA %s; agent-port server certificate for localhost/127.0.0.1/::1; ECDSA P-256, keys 0600", pki.CACert)
+	r.detail("CA %s; agent-port server certificate for localhost/127.0.0.1/::1; the agent's client certificate; ECDSA P-256, keys 0600", pki.CACert)
 
 	r.say("backend: an HTTP server on loopback, standing in for a kubelet or a pod")
 	backend, stopBackend, err := startBackend()
@@ -114,6 +114,7 @@ func (r *run) run(ctx context.Context) error {
 		return []string{"--mode=" + mode, "--uds-name=" + sock, "--server-port=0",
 			"--agent-port=" + strconv.Itoa(agentPort), "--agent-bind-address=127.0.0.1",
 			"--cluster-cert=" + pki.AgentPortCert, "--cluster-key=" + pki.AgentPortKey,
+			"--cluster-ca-cert=" + pki.CACert, // agents authenticate with client certificates
 			"--health-port=" + strconv.Itoa(healthPort), "--health-bind-address=127.0.0.1",
 			"--admin-port=0", "--server-id=demo-server", "-v=3"}
 	}
@@ -127,16 +128,20 @@ func (r *run) run(ctx context.Context) error {
 		return fmt.Errorf("proxy-server did not come up: %w", err)
 	}
 	r.detail("socket %s", sock)
+	r.detail("agents must authenticate: a client certificate signed by the demo CA (--cluster-ca-cert);")
+	r.detail("deployments like kubeadm's use service-account tokens instead (see 'isthmus egress render')")
 
 	agentHealth, err := pickPort(0)
 	if err != nil {
 		return err
 	}
 	r.say("proxy-agent: dials OUT to the server (the only direction a firewalled worker needs)")
+	r.detail("the agent proves who it is with its client certificate (--agent-cert/--agent-key, signed by the demo CA)")
 	mark0 := r.marks()
 	start := time.Now()
 	if _, err := r.start(ctx, "proxy-agent", []string{"--proxy-server-host=127.0.0.1", "--proxy-server-port=" + strconv.Itoa(agentPort),
-		"--ca-cert=" + pki.CACert, "--agent-id=demo-agent", "--agent-identifiers=host=demo-node&ipv4=127.0.0.1",
+		"--ca-cert=" + pki.CACert, "--agent-cert=" + pki.AgentCert, "--agent-key=" + pki.AgentKey,
+		"--agent-id=demo-agent", "--agent-identifiers=host=demo-node&ipv4=127.0.0.1",
 		"--health-server-port=" + strconv.Itoa(agentHealth), "--health-server-host=127.0.0.1", "--admin-server-port=0",
 		"--sync-interval=100ms", "--sync-interval-cap=1s", "-v=3"}); err != nil {
 		return err

@@ -6,13 +6,13 @@ import (
 	"crypto/tls"
 	"fmt"
 	"log/slog"
-	"math/rand/v2"
-	"net"
 	"sync"
-	"time"
 
 	"isthmus.dev/certs"
-	"isthmus.dev/tunnel/link"
+	"isthmus.dev/certs/kubeconfig"
+	"isthmus.dev/proxy-agent/policy"
+	"isthmus.dev/tunnel/buildinfo"
+	"isthmus.dev/tunnel/leases"
 )
 
 // Agent holds tunnels to every proxy-server and serves their dials.
@@ -21,8 +21,9 @@ type Agent struct {
 	log      *slog.Logger
 	tls      *tls.Config
 	reloader *certs.Reloader // nil: no CA or certificate files
-	dial     link.DialFunc
+	dialer   *policy.Dialer
 	metrics  *metrics
+	counter  serverCounter // nil: servers are counted by their answers
 
 	mu       sync.Mutex
 	links    map[string]*heldLink // by server id
@@ -65,13 +66,19 @@ func New(cfg Config, log *slog.Logger) (*Agent, error) {
 		}
 		reloader = r
 	}
-	a := &Agent{cfg: cfg, log: log, tls: tc, reloader: reloader, links: map[string]*heldLink{}, changed: make(chan struct{})}
-	a.metrics = newMetrics(a)
-	d := &net.Dialer{}
-	a.dial = func(ctx context.Context, address string) (net.Conn, error) {
-		return d.DialContext(ctx, "tcp", address)
+	pol, err := policy.Parse(cfg.AllowedDestinations)
+	if err != nil {
+		return nil, fmt.Errorf("--allowed-destinations: %w", err)
 	}
+	a := &Agent{cfg: cfg, log: log, tls: tc, reloader: reloader, links: map[string]*heldLink{}, changed: make(chan struct{}),
+		dialer: &policy.Dialer{Policy: pol}}
+	a.metrics = newMetrics(a)
 	a.expected = len(cfg.ProxyServerHosts)
+	if cfg.CountServerLeases {
+		if a.counter, err = a.leaseCounter(); err != nil {
+			return nil, err
+		}
+	}
 	return a, nil
 }
 
@@ -79,6 +86,15 @@ func New(cfg Config, log *slog.Logger) (*Agent, error) {
 // connection has finished.
 func (a *Agent) Run(ctx context.Context) error {
 	var wg sync.WaitGroup
+	if a.counter != nil {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := a.counter.Run(ctx); err != nil && ctx.Err() == nil {
+				a.log.Error("counting proxy-servers by their leases stopped", "err", err)
+			}
+		}()
+	}
 	for _, h := range a.cfg.ProxyServerHosts {
 		wg.Add(1)
 		go func() {
@@ -91,10 +107,19 @@ func (a *Agent) Run(ctx context.Context) error {
 }
 
 // Ready reports whether the agent holds a tunnel to every expected server.
+// When servers are counted by their leases, not before the first count.
 func (a *Agent) Ready() (held, expected int, ok bool) {
+	counted := true
+	if a.counter != nil {
+		select {
+		case <-a.counter.Synced():
+		default:
+			counted = false
+		}
+	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	return len(a.links), a.expected, len(a.links) >= a.expected && a.expected > 0
+	return len(a.links), a.expected, counted && len(a.links) >= a.expected && a.expected > 0
 }
 
 // Servers lists the ids of the servers the agent holds tunnels to.
@@ -148,101 +173,32 @@ func (a *Agent) Drain() {
 	}
 }
 
-// syncHost keeps the tunnels of one --proxy-server-host: one server, or,
-// when it is the only host given (a load balancer), as many distinct
-// servers as they report in serverCount.
-func (a *Agent) syncHost(ctx context.Context, host string) {
-	log := a.log.With("host", host)
-	var (
-		wg      sync.WaitGroup
-		mine    = map[string]bool{} // server ids held through this host
-		ended   = make(chan string, 1)
-		backoff = a.cfg.SyncInterval
-		want    = 1
-		probe   *time.Timer
-	)
-	defer wg.Wait()
-	for {
-		if len(mine) >= want {
-			// Full: wait for a link to end (or, with --sync-forever, probe
-			// now and then for servers added behind a load balancer).
-			var probeC <-chan time.Time
-			if a.cfg.SyncForever && len(a.cfg.ProxyServerHosts) == 1 {
-				probe = time.NewTimer(a.cfg.SyncIntervalCap)
-				probeC = probe.C
-			}
-			select {
-			case <-ctx.Done():
-				return
-			case id := <-ended:
-				delete(mine, id)
-				// Not at once: a server that drops links right after
-				// accepting them must not be hammered.
-				select {
-				case <-ctx.Done():
-					return
-				case <-time.After(jitter(a.cfg.SyncInterval)):
-				}
-			case <-probeC:
-			}
-			if probe != nil {
-				probe.Stop()
-			}
-		}
-		// Drain the ends that happened meanwhile.
-	drainEnds:
-		for {
-			select {
-			case id := <-ended:
-				delete(mine, id)
-			default:
-				break drainEnds
-			}
-		}
-		hl, count, err := a.connect(ctx, host)
-		// On failure: jittered, capped exponential backoff.
-		wait := jitter(backoff)
-		switch {
-		case ctx.Err() != nil:
-			if hl != nil {
-				hl.close()
-			}
-			return
-		case err != nil:
-			log.Warn("cannot connect to proxy-server; will retry", "err", err, "retryIn", wait.Round(time.Millisecond))
-			a.metrics.connectFailures.Inc()
-		case !a.hold(hl.held):
-			log.Debug("already holding this server; dropping the duplicate connection", "server", hl.held.serverID)
-			hl.close()
-		default:
-			if len(a.cfg.ProxyServerHosts) == 1 {
-				want = count
-				a.setExpected(count)
-			}
-			mine[hl.held.serverID] = true
-			backoff = a.cfg.SyncInterval
-			log.Info("connected to proxy-server", "server", hl.held.serverID, "link", hl.held.kind, "serverCount", count, "holding", len(mine))
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				err := hl.run()
-				a.release(hl.held)
-				log.Info("tunnel to proxy-server ended", "server", hl.held.serverID, "err", err)
-				select {
-				case ended <- hl.held.serverID:
-				case <-ctx.Done():
-				}
-			}()
-			continue // full: wait above; short: dial again now
-		}
-		backoff = min(2*backoff, a.cfg.SyncIntervalCap)
-		select {
-		case <-ctx.Done():
-			return
-		case <-time.After(wait):
-		}
-	}
+// serverCounter counts the proxy-servers from a source other than their
+// answers: their leases (--count-server-leases).
+type serverCounter interface {
+	Run(ctx context.Context) error
+	Synced() <-chan struct{}
+	Count() int
+	Changed() <-chan struct{}
 }
 
-// jitter returns a random duration in [d/2, d].
-func jitter(d time.Duration) time.Duration { return d/2 + rand.N(d/2+1) }
+// Policy is the destination policy the agent dials under.
+func (a *Agent) Policy() string { return a.dialer.Policy.String() }
+
+// leaseCounter counts the servers by their Leases, read through
+// --kubeconfig (or the pod's service account).
+func (a *Agent) leaseCounter() (*leases.Counter, error) {
+	client, err := kubeconfig.NewClientset(kubeconfig.ClientOptions{
+		Path: a.cfg.Kubeconfig, ContentType: a.cfg.KubeAPIContentType,
+		UserAgent: "proxy-agent/" + buildinfo.Get().Version,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("--count-server-leases: %w", err)
+	}
+	c, err := leases.NewCounter(leases.CounterConfig{Client: client, Namespace: a.cfg.LeaseNamespace, Selector: a.cfg.LeaseLabel,
+		Log: a.log.With("component", "leases"), Registerer: a.metrics.reg})
+	if err != nil {
+		return nil, fmt.Errorf("--count-server-leases: %w", err)
+	}
+	return c, nil
+}

@@ -10,6 +10,9 @@ import (
 	"strings"
 	"time"
 
+	"k8s.io/apimachinery/pkg/labels"
+
+	"isthmus.dev/proxy-agent/policy"
 	"isthmus.dev/tunnel/anp"
 	"isthmus.dev/tunnel/ident"
 	"isthmus.dev/tunnel/native"
@@ -32,10 +35,23 @@ type Config struct {
 	SyncInterval    time.Duration // first retry delay (default 1 s)
 	SyncIntervalCap time.Duration // retry delay cap (default 10 s)
 	SyncForever     bool          // keep probing for new servers when all expected are held
-	KeepaliveTime   time.Duration // gRPC keepalive (default 1 h)
+
+	// CountServerLeases takes the number of servers behind the one host
+	// from their Leases (ANP's --count-server-leases), watched through
+	// Kubeconfig (empty: in-cluster config).
+	CountServerLeases  bool
+	LeaseNamespace     string // default kube-system
+	LeaseLabel         string // label selector of the servers' leases (default k8s-app=konnectivity-server)
+	ServerCountSource  string // default (leases when counted, else answers) or max
+	Kubeconfig         string
+	KubeAPIContentType string        // default application/vnd.kubernetes.protobuf
+	KeepaliveTime      time.Duration // gRPC keepalive (default 1 h)
 
 	DialTimeout time.Duration // backend dial bound (default 10 s)
-	QueueBytes  int           // per-connection receive queue (default 16 MiB)
+	// AllowedDestinations: the destination policy (policy.Parse syntax);
+	// empty allows everything.
+	AllowedDestinations string
+	QueueBytes          int // per-connection receive queue (default 16 MiB)
 	// StallTimeout: a full queue whose backend takes nothing this long is closed (default 50 ms).
 	StallTimeout time.Duration
 	// StreamWindow: native link, receive window per tunneled connection (default 4 MiB).
@@ -64,20 +80,24 @@ func DefaultConfig() Config {
 		id = randomID()
 	}
 	return Config{
-		ProxyServerHosts: []string{"127.0.0.1"},
-		ProxyServerPort:  8091,
-		Link:             LinkAuto,
-		AgentID:          id,
-		SyncInterval:     time.Second,
-		SyncIntervalCap:  10 * time.Second,
-		KeepaliveTime:    time.Hour,
-		DialTimeout:      anp.DefaultDialTimeout,
-		QueueBytes:       anp.DefaultQueueBytes,
-		StallTimeout:     anp.DefaultStallTimeout,
-		StreamWindow:     native.DefaultStreamWindow,
-		HealthPort:       8093,
-		AdminHost:        "127.0.0.1",
-		AdminPort:        8094,
+		ProxyServerHosts:   []string{"127.0.0.1"},
+		ProxyServerPort:    8091,
+		Link:               LinkAuto,
+		AgentID:            id,
+		SyncInterval:       time.Second,
+		LeaseNamespace:     "kube-system",
+		LeaseLabel:         "k8s-app=konnectivity-server",
+		ServerCountSource:  CountSourceDefault,
+		KubeAPIContentType: "application/vnd.kubernetes.protobuf",
+		SyncIntervalCap:    10 * time.Second,
+		KeepaliveTime:      time.Hour,
+		DialTimeout:        anp.DefaultDialTimeout,
+		QueueBytes:         anp.DefaultQueueBytes,
+		StallTimeout:       anp.DefaultStallTimeout,
+		StreamWindow:       native.DefaultStreamWindow,
+		HealthPort:         8093,
+		AdminHost:          "127.0.0.1",
+		AdminPort:          8094,
 	}
 }
 
@@ -118,8 +138,27 @@ func (c *Config) Validate() error {
 	if _, err := ident.Parse(c.AgentIdentifiers); err != nil {
 		bad("--agent-identifiers: %w", err)
 	}
+	switch c.ServerCountSource {
+	case "", CountSourceDefault, CountSourceMax:
+	default:
+		bad("--server-count-source %q: allowed are %q and %q", c.ServerCountSource, CountSourceDefault, CountSourceMax)
+	}
+	if c.CountServerLeases {
+		if len(c.ProxyServerHosts) != 1 {
+			bad("--count-server-leases counts the servers behind ONE --proxy-server-host (a load balancer or a name that reaches every server); %d hosts were given, and each listed host is one server", len(c.ProxyServerHosts))
+		}
+		if strings.TrimSpace(c.LeaseNamespace) == "" {
+			bad("--lease-namespace is empty: give the namespace of the servers' leases (proxy-server --lease-namespace)")
+		}
+		if _, err := labels.Parse(c.LeaseLabel); err != nil || strings.TrimSpace(c.LeaseLabel) == "" {
+			bad("--lease-label %q: want a label selector such as k8s-app=konnectivity-server (proxy-server --lease-label)", c.LeaseLabel)
+		}
+	}
 	if c.SyncInterval <= 0 || c.SyncIntervalCap < c.SyncInterval {
 		bad("--sync-interval (%v) must be > 0 and <= --sync-interval-cap (%v)", c.SyncInterval, c.SyncIntervalCap)
+	}
+	if _, err := policy.Parse(c.AllowedDestinations); err != nil {
+		bad("--allowed-destinations: %w", err)
 	}
 	if c.DialTimeout <= 0 {
 		bad("--backend-dial-timeout %v: want > 0", c.DialTimeout)

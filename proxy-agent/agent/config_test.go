@@ -24,6 +24,11 @@ func TestValidateNamesTheFlag(t *testing.T) {
 		{"identifiers", func(c *Config) { c.AgentIdentifiers = "ipv4=nope" }, "--agent-identifiers"},
 		{"intervals", func(c *Config) { c.SyncIntervalCap = 0 }, "--sync-interval"},
 		{"dial timeout", func(c *Config) { c.DialTimeout = 0 }, "--backend-dial-timeout"},
+		{"policy", func(c *Config) { c.AllowedDestinations = "10.0.0.0/8:http" }, "--allowed-destinations"},
+		{"count source", func(c *Config) { c.ServerCountSource = "min" }, "--server-count-source"},
+		{"leases need one host", func(c *Config) { c.CountServerLeases = true; c.ProxyServerHosts = []string{"a", "b"} }, "ONE --proxy-server-host"},
+		{"lease label", func(c *Config) { c.CountServerLeases = true; c.LeaseLabel = "a=b=c" }, "--lease-label"},
+		{"lease namespace", func(c *Config) { c.CountServerLeases = true; c.LeaseNamespace = "" }, "--lease-namespace"},
 	} {
 		c := DefaultConfig()
 		tc.mut(&c)

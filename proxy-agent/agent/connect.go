@@ -7,7 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"os"
+
 	"strconv"
 	"strings"
 	"time"
@@ -22,20 +22,14 @@ import (
 	"isthmus.dev/tunnel/native"
 )
 
-// tunnelLink is a running link to one server, whichever its wire.
+// tunnelLink is a link to one server, whichever its wire: Run serves it
+// until it ends, Accept hands out the server's dial requests.
 type tunnelLink interface {
+	link.Acceptor
 	Run(ctx context.Context) error
 	Drain() error
 	Active() int
 }
-
-// nativeLink binds a native link to the agent's dialer.
-type nativeLink struct {
-	*native.AgentLink
-	dial link.DialFunc
-}
-
-func (n nativeLink) Run(ctx context.Context) error { return n.AgentLink.Run(ctx, n.dial) }
 
 // pendingLink is a connected, not yet running link.
 type pendingLink struct {
@@ -45,9 +39,19 @@ type pendingLink struct {
 	closer io.Closer // the gRPC connection of an ANP link; nil for native
 }
 
-func (p *pendingLink) run() error {
+// run serves the link and its dial requests until the link ends; it
+// returns after every connection of the link has finished.
+func (p *pendingLink) run(a *Agent) error {
 	defer p.close()
-	return p.held.l.Run(p.ctx)
+	served := make(chan struct{})
+	go func() {
+		defer close(served)
+		a.serveLink(p.ctx, p.held)
+	}()
+	err := p.held.l.Run(p.ctx)
+	p.cancel()
+	<-served
+	return err
 }
 
 // close drops the link's resources (also for a link that will not run).
@@ -97,30 +101,27 @@ func (a *Agent) connectNative(ctx context.Context, target string, tc *tls.Config
 	conn := tls.Client(native.WrapRaw(raw), tc)
 	if err := conn.HandshakeContext(dctx); err != nil {
 		conn.Close()
-		return nil, 0, fmt.Errorf("connect %s: TLS: %w", target, err)
+		return nil, 0, a.refusal(target, fmt.Errorf("TLS: %w", err))
 	}
 	if conn.ConnectionState().NegotiatedProtocol != native.ALPN {
 		conn.Close()
 		return nil, 0, errNoNative
 	}
-	h := native.Hello{AgentID: a.cfg.AgentID, Identifiers: a.cfg.AgentIdentifiers}
-	if a.cfg.TokenPath != "" {
-		tok, err := os.ReadFile(a.cfg.TokenPath)
-		if err != nil {
-			conn.Close()
-			return nil, 0, fmt.Errorf("--service-account-token-path: %w", err)
-		}
-		h.Token = strings.TrimSpace(string(tok))
+	tok, err := a.token()
+	if err != nil {
+		conn.Close()
+		return nil, 0, err
 	}
+	h := native.Hello{AgentID: a.cfg.AgentID, Identifiers: a.cfg.AgentIdentifiers, Token: tok}
 	l, w, err := native.Connect(ctx, conn, h, native.AgentOptions{
 		Config: native.Config{StreamWindow: a.cfg.StreamWindow},
-		Log:    a.log, DialTimeout: a.cfg.DialTimeout, OnSplice: a.metrics.onSplice, OnDial: a.metrics.onDial,
+		Log:    a.log,
 	})
 	if err != nil {
-		return nil, 0, fmt.Errorf("connect %s: %w", target, err)
+		return nil, 0, a.refusal(target, err)
 	}
 	lctx, lcancel := context.WithCancel(ctx)
-	return &pendingLink{held: &heldLink{serverID: w.ServerID, kind: "native", l: nativeLink{l, a.dial}}, ctx: lctx, cancel: lcancel, closer: l}, w.ServerCount, nil
+	return &pendingLink{held: &heldLink{serverID: w.ServerID, kind: "native", l: l}, ctx: lctx, cancel: lcancel, closer: l}, w.ServerCount, nil
 }
 
 // connectANP opens one /AgentService/Connect stream and reads the server's
@@ -138,19 +139,19 @@ func (a *Agent) connectANP(ctx context.Context, target string, tc *tls.Config) (
 	if a.cfg.AgentIdentifiers != "" {
 		md.Append(anp.MDAgentIdentifiers, a.cfg.AgentIdentifiers)
 	}
-	if a.cfg.TokenPath != "" {
-		tok, err := os.ReadFile(a.cfg.TokenPath)
-		if err != nil {
-			cc.Close()
-			return nil, 0, fmt.Errorf("--service-account-token-path: %w", err)
-		}
-		md.Append(anp.MDAuthorization, "Bearer "+strings.TrimSpace(string(tok)))
+	tok, err := a.token()
+	if err != nil {
+		cc.Close()
+		return nil, 0, err
+	}
+	if tok != "" {
+		md.Append(anp.MDAuthorization, "Bearer "+tok)
 	}
 	lctx, cancel := context.WithCancel(metadata.NewOutgoingContext(ctx, md))
 	fail := func(err error) (*pendingLink, int, error) {
 		cancel()
 		cc.Close()
-		return nil, 0, fmt.Errorf("connect %s: %w", target, err)
+		return nil, 0, a.refusal(target, err)
 	}
 	stream, err := anp.OpenAgentStream(lctx, cc)
 	if err != nil {
@@ -160,17 +161,22 @@ func (a *Agent) connectANP(ctx context.Context, target string, tc *tls.Config) (
 	if err != nil {
 		return fail(fmt.Errorf("read server headers: %w", err))
 	}
+	if len(hdr) == 0 {
+		// A server that refuses ends the stream at once, with a status and
+		// no headers (trailers only): the status is the reason.
+		if _, rerr := stream.Recv(); rerr != nil && !errors.Is(rerr, io.EOF) {
+			return fail(rerr)
+		}
+	}
 	id, count, err := serverHeaders(hdr)
 	if err != nil {
 		return fail(err)
 	}
-	l := anp.NewAgentLink(stream, a.dial, anp.AgentOptions{
+	l := anp.NewAgentLink(stream, anp.AgentOptions{
 		Log:          a.log.With("server", id),
 		QueueBytes:   a.cfg.QueueBytes,
 		StallTimeout: a.cfg.StallTimeout,
-		DialTimeout:  a.cfg.DialTimeout,
-		OnSplice:     a.metrics.onSplice,
-		OnDial:       a.metrics.onDial,
+		Observer:     a.metrics.packets,
 	})
 	return &pendingLink{held: &heldLink{serverID: id, kind: "anp", l: l}, ctx: lctx, cancel: cancel, closer: cc}, count, nil
 }

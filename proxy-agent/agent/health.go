@@ -13,10 +13,10 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 )
 
-// ServeHTTP runs the health port (/healthz, /readyz, /metrics) and the
+// ServePorts runs the health port (/healthz, /readyz, /metrics) and the
 // admin port (/metrics, /debug/pprof with EnableProfiling) until ctx ends.
 // Bind errors are returned before anything is served.
-func (a *Agent) ServeHTTP(ctx context.Context) (wait func(), err error) {
+func (a *Agent) ServePorts(ctx context.Context) (wait func(), err error) {
 	type srv struct {
 		ln net.Listener
 		h  *http.Server
@@ -44,7 +44,11 @@ func (a *Agent) ServeHTTP(ctx context.Context) (wait func(), err error) {
 	health.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
 		held, expected, ok := a.Ready()
 		if !ok {
-			http.Error(w, fmt.Sprintf("not ready: holding %d of %d proxy-servers", held, expected), http.StatusServiceUnavailable)
+			msg := fmt.Sprintf("not ready: holding %d of %d proxy-servers", held, expected)
+			if held >= expected && a.counter != nil {
+				msg = "not ready: the servers' leases have not been listed yet (--count-server-leases)"
+			}
+			http.Error(w, msg, http.StatusServiceUnavailable)
 			return
 		}
 		fmt.Fprintf(w, "ok: holding %d of %d proxy-servers\n", held, expected)

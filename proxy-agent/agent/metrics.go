@@ -5,13 +5,18 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
+	"google.golang.org/grpc/status"
+	commonmetrics "sigs.k8s.io/apiserver-network-proxy/konnectivity-client/pkg/common/metrics"
+	"sigs.k8s.io/apiserver-network-proxy/konnectivity-client/proto/client"
 
+	"isthmus.dev/tunnel/buildinfo"
 	"isthmus.dev/tunnel/link"
 	"isthmus.dev/tunnel/splice"
 )
 
 // Metric names keep ANP's konnectivity_network_proxy_agent_* where ANP has
-// the metric.
+// the metric, with ANP's labels and label values where the meaning is the
+// same.
 const (
 	namespace = "konnectivity_network_proxy"
 	subsystem = "agent"
@@ -21,8 +26,10 @@ type metrics struct {
 	reg             *prometheus.Registry
 	dialDuration    prometheus.Histogram
 	dialFailures    *prometheus.CounterVec
-	connectFailures prometheus.Counter
+	connectFailures *prometheus.CounterVec
+	streamFailures  *prometheus.CounterVec
 	bytes           *prometheus.CounterVec
+	packets         *packetMetrics
 }
 
 func newMetrics(a *Agent) *metrics {
@@ -35,18 +42,30 @@ func newMetrics(a *Agent) *metrics {
 		}),
 		dialFailures: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: namespace, Subsystem: subsystem, Name: "endpoint_dial_failure_total",
-			Help: "Backend dials that failed, by reason.",
+			Help: "Backend dials that failed, by reason: timeout, refused, unreachable, policy (refused by --allowed-destinations), cancelled (by the server) or unknown.",
 		}, []string{"reason"}),
-		connectFailures: prometheus.NewCounter(prometheus.CounterOpts{
+		connectFailures: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: namespace, Subsystem: subsystem, Name: "server_connect_failures_total",
-			Help: "Attempts to connect to a proxy-server that failed.",
-		}),
+			Help: "Attempts to connect to a proxy-server that failed, by result: refused (the server did not accept this agent's credentials) or failed (anything else).",
+		}, []string{"result"}),
+		streamFailures: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: namespace, Subsystem: subsystem, Name: "server_connection_failure_count",
+			Help: "Failures to send to (to_server) or receive from (from_server) a proxy-server on the ANP gRPC link.",
+		}, []string{"direction"}),
 		bytes: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: namespace, Subsystem: subsystem, Name: "endpoint_bytes_total",
 			Help: "Bytes moved between tunnels and backends, by direction (to_backend, from_backend), counted when a connection ends.",
 		}, []string{"direction"}),
 	}
-	m.reg.MustRegister(m.dialDuration, m.dialFailures, m.connectFailures, m.bytes,
+	m.packets = newPacketMetrics(m.streamFailures)
+	bi := buildinfo.Get()
+	build := prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Namespace: namespace, Subsystem: subsystem, Name: "build_info",
+		Help: "The running build of proxy-agent (always 1).",
+	}, []string{"version", "commit", "goversion"})
+	build.WithLabelValues(bi.Version, bi.Commit, bi.GoVersion).Set(1)
+	m.reg.MustRegister(m.dialDuration, m.dialFailures, m.connectFailures, m.streamFailures, m.bytes, build,
+		m.packets.packets, m.packets.errors,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Namespace: namespace, Subsystem: subsystem, Name: "open_server_connections",
 			Help: "Tunnels to proxy-servers currently held.",
@@ -62,18 +81,79 @@ func newMetrics(a *Agent) *metrics {
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	)
+	for _, r := range []link.Reason{link.ReasonTimeout, link.ReasonRefused, link.ReasonUnreachable, link.ReasonPolicy, link.ReasonCancelled, link.ReasonError} {
+		m.dialFailures.WithLabelValues(dialFailureLabel(r)) // present at 0 from the start
+	}
+	for _, r := range []string{"refused", "failed"} {
+		m.connectFailures.WithLabelValues(r)
+	}
 	return m
 }
 
-func (m *metrics) onDial(r link.Reason, took time.Duration) {
-	if r == "" {
-		m.dialDuration.Observe(took.Seconds())
-		return
+// dialFailureLabel is a reason as ANP's agent labels it where the meaning
+// is the same ("unknown" for anything else).
+func dialFailureLabel(r link.Reason) string {
+	if r == link.ReasonError || r == "" {
+		return "unknown"
 	}
-	m.dialFailures.WithLabelValues(string(r)).Inc()
+	return string(r)
 }
 
-func (m *metrics) onSplice(_ string, r splice.Result) {
+func (m *metrics) dialed(took time.Duration) { m.dialDuration.Observe(took.Seconds()) }
+
+func (m *metrics) dialFailed(r link.Reason) {
+	m.dialFailures.WithLabelValues(dialFailureLabel(r)).Inc()
+}
+
+func (m *metrics) spliced(r splice.Result) {
 	m.bytes.WithLabelValues("to_backend").Add(float64(r.AtoB))
 	m.bytes.WithLabelValues("from_backend").Add(float64(r.BtoA))
+}
+
+// packetMetrics are ANP's stream_packets_total and stream_errors_total for
+// the agent's ANP links (segments from_agent: sent; to_agent: received).
+// It implements anp.Observer; the counters of each packet type are looked
+// up once, not per packet.
+type packetMetrics struct {
+	packets, errors *prometheus.CounterVec
+	failures        *prometheus.CounterVec
+	sent, received  map[client.PacketType]prometheus.Counter
+}
+
+func newPacketMetrics(failures *prometheus.CounterVec) *packetMetrics {
+	p := &packetMetrics{
+		packets:  commonmetrics.MakeStreamPacketsTotalMetric(namespace, subsystem),
+		errors:   commonmetrics.MakeStreamErrorsTotalMetric(namespace, subsystem),
+		failures: failures,
+		sent:     map[client.PacketType]prometheus.Counter{},
+		received: map[client.PacketType]prometheus.Counter{},
+	}
+	for t := range client.PacketType_name {
+		pt := client.PacketType(t)
+		p.sent[pt] = p.packets.WithLabelValues(string(commonmetrics.SegmentFromAgent), pt.String())
+		p.received[pt] = p.packets.WithLabelValues(string(commonmetrics.SegmentToAgent), pt.String())
+	}
+	return p
+}
+
+func (p *packetMetrics) Packet(sent bool, t client.PacketType) {
+	m := p.received
+	if sent {
+		m = p.sent
+	}
+	if c, ok := m[t]; ok {
+		c.Inc()
+	}
+}
+
+func (p *packetMetrics) StreamError(sent bool, t client.PacketType, err error) {
+	segment, direction, pt := commonmetrics.SegmentToAgent, "from_server", "Unknown"
+	if sent {
+		segment, direction = commonmetrics.SegmentFromAgent, "to_server"
+	}
+	if _, ok := client.PacketType_name[int32(t)]; ok {
+		pt = t.String()
+	}
+	p.errors.WithLabelValues(string(segment), status.Code(err).String(), pt).Inc()
+	p.failures.WithLabelValues(direction).Inc()
 }

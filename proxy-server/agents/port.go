@@ -12,6 +12,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 
+	"isthmus.dev/proxy-server/auth"
 	"isthmus.dev/proxy-server/routing"
 	"isthmus.dev/tunnel/ident"
 	"isthmus.dev/tunnel/native"
@@ -48,18 +49,27 @@ func (p *Port) Serve(ctx context.Context, ln net.Listener) error {
 	}()
 	stop := context.AfterFunc(ctx, func() { _ = ln.Close(); _ = grpcLn.Close() })
 	defer stop()
-	var err error
+	var (
+		err   error
+		delay time.Duration
+	)
 	for {
 		var c net.Conn
 		c, err = ln.Accept()
 		if err != nil {
 			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() && ctx.Err() == nil {
-				time.Sleep(10 * time.Millisecond) // e.g. out of file descriptors
-				continue
+			if errors.As(err, &ne) && ne.Timeout() && ctx.Err() == nil { // e.g. EMFILE: back off, as net/http does
+				delay = min(max(2*delay, 5*time.Millisecond), time.Second)
+				p.Log.Warn("agent port: accept failed; retrying", "err", err, "in", delay)
+				select {
+				case <-time.After(delay):
+					continue
+				case <-ctx.Done():
+				}
 			}
 			break
 		}
+		delay = 0
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -94,27 +104,48 @@ func (p *Port) handshake(ctx context.Context, tc *tls.Conn, grpcLn *chanListener
 	}
 }
 
-// ServeNative runs one native agent link for as long as it lives.
+// ServeNative runs one native agent link for as long as it lives. A
+// refused agent is told why on the control stream (native.ServerOptions.Check).
 func (s *Server) ServeNative(ctx context.Context, conn net.Conn, cfg native.Config) {
-	var id ident.Identifiers
+	var (
+		id      ident.Identifiers
+		agentID string
+		refused bool // Check refused the agent (and logged it)
+	)
+	remote := conn.RemoteAddr().String()
 	l, err := native.Accept(ctx, conn, native.ServerOptions{
 		ServerID: s.ServerID, ServerCount: s.ServerCount, Config: cfg, Log: s.Log,
+		// Check runs inside Accept, before the agent is told.
 		Check: func(ctx context.Context, h native.Hello) error {
-			var err error
-			if id, err = ident.Parse(h.Identifiers); err != nil {
-				return err
+			agentID = h.AgentID
+			err := s.checkNative(ctx, h, &id)
+			if err != nil {
+				refused = true
+				s.refused(LinkNative, agentID, remote, err)
 			}
-			if s.Auth != nil {
-				return s.Auth.Authenticate(ctx, h.AgentID, h.Token)
-			}
-			return nil
+			return err
 		},
 	})
 	if err != nil {
-		s.Log.Warn("agent refused on the native link", "remote", conn.RemoteAddr().String(), "err", err)
+		if !refused {
+			s.Log.Info("native link handshake failed", "agent", agentID, "remote", remote, "err", err)
+		}
 		return
 	}
-	s.serve(ctx, &routing.Backend{AgentID: l.Hello().AgentID, Kind: "native", Ident: id, Link: l}, l.Run)
+	s.serve(ctx, &routing.Backend{AgentID: l.Hello().AgentID, Kind: LinkNative, Ident: id, Link: l}, l.Run)
+}
+
+// checkNative checks a native agent's hello and sets its identifiers.
+func (s *Server) checkNative(ctx context.Context, h native.Hello, id *ident.Identifiers) error {
+	var err error
+	if *id, err = ident.Parse(h.Identifiers); err != nil {
+		return &auth.RefusedError{Reason: auth.BadMetadata, Detail: "agentIdentifiers", Err: err}
+	}
+	if s.Auth == nil {
+		s.tokenIgnored(LinkNative, h.AgentID, h.Token != "")
+		return nil
+	}
+	return s.Auth.Authenticate(ctx, h.AgentID, h.Token)
 }
 
 // chanListener hands connections that finished their handshake to the gRPC

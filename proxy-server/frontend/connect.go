@@ -22,7 +22,8 @@ const HeaderTimeout = 30 * time.Second
 // Connect serves HTTP CONNECT as k8s.io/apiserver's egress dialer speaks it:
 // "200" only once the backend dial succeeded, nothing buffered after the
 // header, and one plain-text line for every failure (502 refused or
-// unreachable, 504 dial timeout, 503 no agent, 405 not CONNECT).
+// unreachable, 504 dial timeout, 503 no agent, 403 refused by the agent's
+// destination policy, 405 not CONNECT).
 type Connect struct {
 	Dialer      Dialer
 	DialTimeout time.Duration // 0 = DefaultDialTimeout
@@ -221,6 +222,8 @@ func statusFor(r link.Reason) int {
 		return http.StatusServiceUnavailable
 	case link.ReasonTimeout:
 		return http.StatusGatewayTimeout
+	case link.ReasonPolicy:
+		return http.StatusForbidden
 	}
 	return http.StatusBadGateway
 }

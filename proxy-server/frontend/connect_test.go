@@ -47,9 +47,9 @@ func startConnect(t *testing.T, d Dialer, timeout time.Duration) string {
 	return ln.Addr().String()
 }
 
-// roundTrip sends raw and returns the status code, the body's first line,
-// and the connection with its reader.
-func roundTrip(t *testing.T, proxy, raw string) (int, string, net.Conn, *bufio.Reader) {
+// roundTrip sends raw and returns the status code, the status line, the
+// body, and the connection with its reader.
+func roundTrip(t *testing.T, proxy, raw string) (int, string, string, net.Conn, *bufio.Reader) {
 	t.Helper()
 	c, err := net.Dial("tcp", proxy)
 	if err != nil {
@@ -70,7 +70,7 @@ func roundTrip(t *testing.T, proxy, raw string) (int, string, net.Conn, *bufio.R
 		b, _ := io.ReadAll(resp.Body)
 		line = string(b)
 	}
-	return resp.StatusCode, line, c, br
+	return resp.StatusCode, resp.Status, line, c, br
 }
 
 func TestConnectSuccessHasNothingAfterHeader(t *testing.T) {
@@ -90,7 +90,7 @@ func TestConnectSuccessHasNothingAfterHeader(t *testing.T) {
 	}()
 	proxy := startConnect(t, directDialer{}, 0)
 	// Early data after the header is forwarded, not lost.
-	code, _, c, br := roundTrip(t, proxy, fmt.Sprintf("CONNECT %s HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\nearly", backend.Addr()))
+	code, _, _, c, br := roundTrip(t, proxy, fmt.Sprintf("CONNECT %s HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\nearly", backend.Addr()))
 	if code != 200 {
 		t.Fatalf("status %d", code)
 	}
@@ -114,6 +114,7 @@ func TestConnectFailureStatuses(t *testing.T) {
 	direct := startConnect(t, directDialer{}, 0)
 	noAgents := startConnect(t, routing.NewRegistry([]string{routing.Default}, nil), 0)
 	expired := startConnect(t, directDialer{}, time.Nanosecond)
+	policy := startConnect(t, policyDialer{}, 0)
 	for _, tc := range []struct {
 		name, proxy, raw string
 		code             int
@@ -125,12 +126,42 @@ func TestConnectFailureStatuses(t *testing.T) {
 		{"refused", direct, "CONNECT " + closedAddr + " HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n", 502, "refused"},
 		{"no agent", noAgents, "CONNECT " + closedAddr + " HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n", 503, "no agent"},
 		{"timeout", expired, "CONNECT " + closedAddr + " HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n", 504, "timeout"},
+		{"policy", policy, "CONNECT 10.0.0.1:22 HTTP/1.1\r\nHost: 10.0.0.1\r\n\r\n", 403, "not allowed by policy"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			code, line, _, _ := roundTrip(t, tc.proxy, tc.raw)
+			code, status, line, _, _ := roundTrip(t, tc.proxy, tc.raw)
 			if code != tc.code || !strings.Contains(line, tc.line) || strings.Count(line, "\n") != 1 {
 				t.Fatalf("got %d %q, want %d and one line containing %q", code, line, tc.code, tc.line)
 			}
+			// kube-apiserver shows the status line, not the body.
+			if !strings.Contains(status, tc.line) {
+				t.Fatalf("status line %q does not carry the reason %q", status, tc.line)
+			}
 		})
+	}
+}
+
+// policyDialer refuses every address as an agent's destination policy does.
+type policyDialer struct{}
+
+func (policyDialer) Dial(_ context.Context, address string) (net.Conn, error) {
+	return nil, &link.DialError{Address: address, Agent: "a1", Reason: link.ReasonPolicy,
+		Err: fmt.Errorf("%s is not allowed by policy", address)}
+}
+
+func TestStatusForEveryReason(t *testing.T) {
+	for r, want := range map[link.Reason]int{
+		link.ReasonRefused:     http.StatusBadGateway,
+		link.ReasonUnreachable: http.StatusBadGateway,
+		link.ReasonTimeout:     http.StatusGatewayTimeout,
+		link.ReasonNoAgent:     http.StatusServiceUnavailable,
+		link.ReasonLinkClosed:  http.StatusBadGateway,
+		link.ReasonCancelled:   http.StatusBadGateway,
+		link.ReasonPolicy:      http.StatusForbidden,
+		link.ReasonError:       http.StatusBadGateway,
+	} {
+		if got := statusFor(r); got != want {
+			t.Errorf("statusFor(%s) = %d, want %d", r, got, want)
+		}
 	}
 }

@@ -33,6 +33,10 @@ type GRPC struct {
 	Tracker     *Tracker // optional
 	// OnDial, if set, observes every dial: its reason ("" on success) and time.
 	OnDial func(frontend string, reason link.Reason, took time.Duration)
+	// Observer, if set, sees every packet and stream error of the client
+	// streams (sent: to the client), for ANP's stream_packets_total and
+	// stream_errors_total.
+	Observer anp.Observer
 
 	nextID atomic.Int64 // the connectIDs we hand to clients; never 0
 }
@@ -59,6 +63,9 @@ type dialResult struct {
 func (g *GRPC) Proxy(stream client.ProxyService_ProxyServer) error {
 	if g.Tracker != nil {
 		defer g.Tracker.Add()()
+	}
+	if g.Observer != nil {
+		stream = observed{stream, g.Observer}
 	}
 	first, err := stream.Recv()
 	if err != nil {
@@ -232,4 +239,32 @@ func (g *GRPC) pump(stream client.ProxyService_ProxyServer, c net.Conn, id int64
 		}
 		return nil
 	}
+}
+
+// observed reports a client stream's packets and errors to an Observer.
+type observed struct {
+	client.ProxyService_ProxyServer
+	obs anp.Observer
+}
+
+func (o observed) Send(p *client.Packet) error {
+	err := o.ProxyService_ProxyServer.Send(p)
+	if err != nil {
+		o.obs.StreamError(true, p.Type, err)
+		return err
+	}
+	o.obs.Packet(true, p.Type)
+	return nil
+}
+
+func (o observed) Recv() (*client.Packet, error) {
+	p, err := o.ProxyService_ProxyServer.Recv()
+	if err != nil {
+		if !errors.Is(err, io.EOF) {
+			o.obs.StreamError(false, client.PacketType(-1), err)
+		}
+		return nil, err
+	}
+	o.obs.Packet(false, p.Type)
+	return p, nil
 }

@@ -133,6 +133,35 @@ func (r *Registry) Agents() []string {
 	return out
 }
 
+// Serving counts the distinct agents strategy can choose among now (the
+// value of ANP's ready_backends{proxy_strategy}).
+func (r *Registry) Serving(strategy string) int {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	ids := make(map[string]struct{}, len(r.backends))
+	for _, b := range r.backends {
+		if canServe(strategy, b) {
+			ids[b.AgentID] = struct{}{}
+		}
+	}
+	return len(ids)
+}
+
+// canServe reports whether strategy can pick b for some destination.
+func canServe(strategy string, b *Backend) bool {
+	switch strategy {
+	case Default:
+		return true
+	case DestHost:
+		return len(b.Ident.Hosts)+len(b.Ident.IPv4)+len(b.Ident.IPv6) > 0
+	case DefaultRoute:
+		return b.Ident.DefaultRoute
+	case CIDR:
+		return len(b.Ident.CIDRs) > 0
+	}
+	return false
+}
+
 // Pick chooses the backend for address ("host:port"), skipping those in
 // exclude. The first strategy with a candidate wins; among its candidates
 // non-draining ones come first, then the least loaded.

@@ -88,3 +88,27 @@ func TestParseStrategies(t *testing.T) {
 		}
 	}
 }
+
+func TestServingCountsDistinctAgentsPerStrategy(t *testing.T) {
+	r := NewRegistry([]string{DestHost, Default}, nil)
+	node1 := agent(t, "node1", "host=node1&ipv4=10.0.0.1")
+	node1again := agent(t, "node1", "host=node1") // a second link of the same agent
+	pods := agent(t, "pods", "cidr=10.244.0.0/16")
+	gw := agent(t, "gw", "default-route=true")
+	for _, b := range []*Backend{node1, node1again, pods, gw} {
+		r.Add(b)
+	}
+	for strategy, want := range map[string]int{Default: 3, DestHost: 1, CIDR: 1, DefaultRoute: 1, "nope": 0} {
+		if got := r.Serving(strategy); got != want {
+			t.Errorf("Serving(%s) = %d, want %d", strategy, got, want)
+		}
+	}
+	r.Remove(node1)
+	if got := r.Serving(DestHost); got != 1 {
+		t.Errorf("with one of node1's links left, Serving(destHost) = %d, want 1", got)
+	}
+	r.Remove(node1again)
+	if got := r.Serving(DestHost); got != 0 {
+		t.Errorf("without node1, Serving(destHost) = %d, want 0", got)
+	}
+}

@@ -2,33 +2,30 @@ package server
 
 import (
 	"context"
-	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
-	"net/http"
-	"net/http/pprof"
 	"os"
-	"strconv"
+	"runtime"
 	"sync"
+	"sync/atomic"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus/promhttp"
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials"
-	"google.golang.org/grpc/keepalive"
+	"golang.org/x/sync/errgroup"
+	"k8s.io/client-go/kubernetes"
 
+	"isthmus.dev/certs/kubeconfig"
 	"isthmus.dev/proxy-server/agents"
+	"isthmus.dev/proxy-server/auth"
 	"isthmus.dev/proxy-server/frontend"
 	"isthmus.dev/proxy-server/routing"
-	"isthmus.dev/tunnel/native"
+	"isthmus.dev/tunnel/buildinfo"
+	"isthmus.dev/tunnel/leases"
 )
 
-// frontendMaxMsg is the largest DATA packet a frontend client may send.
-// konnectivity-client sends one packet per Write, unsplit, so gRPC's 4 MiB
-// default would break large writes.
-const frontendMaxMsg = 32 << 20
+// leaseReleaseTimeout bounds the deletion of the server's lease at shutdown.
+const leaseReleaseTimeout = 5 * time.Second
 
 // Server is a configured proxy-server. New, then Run.
 type Server struct {
@@ -36,7 +33,10 @@ type Server struct {
 	log      *slog.Logger
 	registry *routing.Registry
 	metrics  *metrics
+	agentsM  *agents.Metrics
 	tracker  frontend.Tracker
+	auth     *auth.Authenticator // nil: token authentication off
+	leases   *leases.Controller  // nil: no lease controller
 
 	mu    sync.Mutex
 	addrs Addrs
@@ -48,7 +48,8 @@ type Addrs struct {
 	Frontend, Agent, Health, Admin net.Addr
 }
 
-// New validates cfg and returns a server ready to Run.
+// New validates cfg and builds the server: its Kubernetes client when
+// token authentication or leases need one (nothing is sent before Run).
 func New(cfg Config, log *slog.Logger) (*Server, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
@@ -58,10 +59,53 @@ func New(cfg Config, log *slog.Logger) (*Server, error) {
 	}
 	s := &Server{cfg: cfg, log: log, ready: make(chan struct{})}
 	s.registry = routing.NewRegistry(cfg.ProxyStrategies, log)
-	s.metrics = newMetrics(
-		func() float64 { return float64(s.registry.Len()) },
-		func() float64 { return float64(s.tracker.Len()) })
+	s.metrics = newMetrics(&s.cfg, s.registry, &s.tracker)
+	var err error
+	if s.agentsM, err = agents.NewMetrics(s.metrics.reg); err != nil {
+		return nil, err
+	}
+	if !cfg.needsClient() {
+		return s, nil
+	}
+	client := cfg.Client
+	if client == nil {
+		if client, err = kubeconfig.NewClientset(kubeconfig.ClientOptions{Path: cfg.Kubeconfig, QPS: cfg.KubeconfigQPS,
+			Burst: cfg.KubeconfigBurst, ContentType: cfg.KubeAPIContentType, UserAgent: "proxy-server/" + buildinfo.Get().Version}); err != nil {
+			return nil, err
+		}
+	}
+	if err := s.newKubeParts(client); err != nil {
+		return nil, err
+	}
 	return s, nil
+}
+
+// newKubeParts builds token authentication and the lease controller; they
+// share client.
+func (s *Server) newKubeParts(client kubernetes.Interface) error {
+	c := &s.cfg
+	var err error
+	if c.TokenAuth() {
+		s.auth, err = auth.New(auth.Config{Reviewer: auth.ClientReviewer{Client: client}, Namespace: c.AgentNamespace,
+			ServiceAccount: c.AgentServiceAccount, Audience: c.AuthenticationAudience,
+			Log: s.log.With("component", "auth"), Registerer: s.metrics.reg})
+		if err != nil {
+			return err
+		}
+	}
+	if c.EnableLeaseController {
+		labels, err := leases.ParseLabels(c.LeaseLabel)
+		if err != nil {
+			return fmt.Errorf("--lease-label: %w", err)
+		}
+		s.leases, err = leases.NewController(leases.ControllerConfig{Client: client, Namespace: c.LeaseNamespace, Labels: labels,
+			ServerID: c.ServerID, Duration: c.LeaseDuration, RenewInterval: c.LeaseRenewalInterval,
+			GCInterval: c.LeaseGCInterval, Log: s.log.With("component", "leases"), Registerer: s.metrics.reg})
+		if err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // Ready is closed once every listener is bound.
@@ -77,165 +121,125 @@ func (s *Server) Addrs() Addrs {
 // Agents lists the ids of connected agents.
 func (s *Server) Agents() []string { return s.registry.Agents() }
 
-// listeners holds what Run binds, closed in reverse on failure.
-type listeners struct {
-	frontend, agent, health, admin net.Listener
-}
-
-func (l *listeners) close() {
-	for _, ln := range []net.Listener{l.admin, l.health, l.agent, l.frontend} {
-		if ln != nil {
-			_ = ln.Close()
-		}
-	}
-}
-
-func (s *Server) listen() (*listeners, error) {
-	var l listeners
-	var err error
-	c := &s.cfg
-	if c.UDSName != "" {
-		if c.DeleteUDSFile {
-			if rerr := os.Remove(c.UDSName); rerr != nil && !errors.Is(rerr, os.ErrNotExist) {
-				return nil, fmt.Errorf("remove stale socket %s: %w", c.UDSName, rerr)
-			}
-		}
-		l.frontend, err = net.Listen("unix", c.UDSName)
-	} else {
-		l.frontend, err = net.Listen("tcp", net.JoinHostPort(c.ServerBindAddress, strconv.Itoa(c.ServerPort)))
-	}
-	if err != nil {
-		return nil, fmt.Errorf("frontend: listen: %w", err)
-	}
-	if l.agent, err = net.Listen("tcp", net.JoinHostPort(c.AgentBindAddress, strconv.Itoa(c.AgentPort))); err != nil {
-		l.close()
-		return nil, fmt.Errorf("agent port: listen: %w", err)
-	}
-	if c.HealthPort > 0 {
-		if l.health, err = net.Listen("tcp", net.JoinHostPort(c.HealthBindAddress, strconv.Itoa(c.HealthPort))); err != nil {
-			l.close()
-			return nil, fmt.Errorf("health port: listen: %w", err)
-		}
-	}
-	if c.AdminPort > 0 {
-		if l.admin, err = net.Listen("tcp", net.JoinHostPort(c.AdminBindAddress, strconv.Itoa(c.AdminPort))); err != nil {
-			l.close()
-			return nil, fmt.Errorf("admin port: listen: %w", err)
-		}
-	}
-	return &l, nil
-}
-
-func addrOf(ln net.Listener) net.Addr {
-	if ln == nil {
-		return nil
-	}
-	return ln.Addr()
-}
-
-// Run serves until ctx ends, then shuts down: the frontend stops accepting,
-// in-flight connections get GracefulShutdownTimeout to finish, then
-// everything is closed. Run returns after every goroutine it started ended.
+// Run serves until ctx ends or a listener fails, then shuts down: the
+// frontend stops accepting, in-flight connections get
+// GracefulShutdownTimeout to finish, everything is closed, and the
+// server's lease is deleted. Run returns after every goroutine it started
+// ended: nil after ctx ended, else the listener's error.
 func (s *Server) Run(ctx context.Context) error {
-	c := &s.cfg
-	agentTLS, err := serverTLS(c.ClusterCert, c.ClusterKey, c.ClusterCACert, c, s.log.With("tls", "agent-port"))
+	parts, err := s.build()
 	if err != nil {
-		return fmt.Errorf("agent port TLS: %w", err)
-	}
-	var frontendCreds credentials.TransportCredentials
-	var frontendTLS *tls.Config
-	if c.UDSName == "" {
-		t, err := serverTLS(c.ServerCert, c.ServerKey, c.ServerCACert, c, s.log.With("tls", "frontend"))
-		if err != nil {
-			return fmt.Errorf("frontend TLS: %w", err)
-		}
-		frontendTLS = t
-		frontendCreds = credentials.NewTLS(t)
+		return err
 	}
 	ls, err := s.listen()
 	if err != nil {
+		parts.cancel()
 		return err
 	}
 	s.mu.Lock()
 	s.addrs = Addrs{addrOf(ls.frontend), addrOf(ls.agent), addrOf(ls.health), addrOf(ls.admin)}
 	s.mu.Unlock()
-
-	var wg sync.WaitGroup
-	goServe := func(name string, f func() error) {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			if err := f(); err != nil {
-				s.log.Error("listener failed", "listener", name, "err", err)
-			}
-		}()
+	if s.cfg.EnableContentionProfiling {
+		runtime.SetBlockProfileRate(1)
+		prevMutex := runtime.SetMutexProfileFraction(1)
+		defer func() { runtime.SetBlockProfileRate(0); runtime.SetMutexProfileFraction(prevMutex) }()
 	}
 
-	// Agent port: ALPN picks the native link or the ANP gRPC link.
-	agentSrv := grpc.NewServer(
-		grpc.Creds(agents.HandshakenCreds()),
-		grpc.KeepaliveParams(keepalive.ServerParameters{Time: c.KeepaliveTime}),
-		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 30 * time.Second, PermitWithoutStream: true}),
-	)
-	agentsSrv := &agents.Server{
-		ServerID: c.ServerID, ServerCount: c.ServerCount, Registry: s.registry,
-		QueueBytes: c.QueueBytes, StallTimeout: c.StallTimeout, Log: s.log.With("component", "agents"),
-		OnLink: func(d int) { s.metrics.agentLinks.Add(float64(d)) },
-	}
-	agentsSrv.Register(agentSrv)
-	port := &agents.Port{TLS: agentTLS, GRPC: agentSrv, Agents: agentsSrv, Log: s.log.With("component", "agents"),
-		Native: native.Config{StreamWindow: c.StreamWindow}}
-	actx, stopAgents := context.WithCancel(context.WithoutCancel(ctx))
-	goServe("agent", func() error { return port.Serve(actx, ls.agent) })
-
-	// Frontend.
-	flog := s.log.With("component", "frontend")
-	var stopFrontend func()
-	switch c.Mode {
-	case ModeGRPC:
-		opts := []grpc.ServerOption{
-			grpc.MaxRecvMsgSize(frontendMaxMsg),
-			grpc.KeepaliveParams(keepalive.ServerParameters{Time: c.FrontendKeepaliveTime}),
-		}
-		if frontendCreds != nil {
-			opts = append(opts, grpc.Creds(frontendCreds))
-		}
-		g := grpc.NewServer(opts...)
-		(&frontend.GRPC{Dialer: s.registry, DialTimeout: c.BackendDialTimeout, Log: flog,
-			Tracker: &s.tracker, OnDial: s.metrics.observeDial}).Register(g)
-		goServe("frontend", func() error { return ignoreClosed(g.Serve(ls.frontend)) })
-		stopFrontend = g.Stop
-	case ModeHTTPConnect:
-		cs := &frontend.Connect{Dialer: s.registry, DialTimeout: c.BackendDialTimeout, Log: flog,
-			Tracker: &s.tracker, OnDial: s.metrics.observeDial}
-		ln := ls.frontend
-		if frontendTLS != nil {
-			ln = tlsListener(ln, frontendTLS)
-		}
-		fctx, fcancel := context.WithCancel(context.WithoutCancel(ctx))
-		goServe("frontend", func() error { return cs.Serve(fctx, ln) })
-		stopFrontend = func() { fcancel(); _ = cs.Close() }
-	}
-
-	var httpSrvs []*http.Server
-	if ls.health != nil {
-		h := &http.Server{Handler: s.healthMux(), ReadHeaderTimeout: 10 * time.Second}
-		httpSrvs = append(httpSrvs, h)
-		goServe("health", func() error { return ignoreClosed(h.Serve(ls.health)) })
-	}
-	if ls.admin != nil {
-		h := &http.Server{Handler: s.adminMux(), ReadHeaderTimeout: 10 * time.Second}
-		httpSrvs = append(httpSrvs, h)
-		goServe("admin", func() error { return ignoreClosed(h.Serve(ls.admin)) })
-	}
-
-	s.log.Info("proxy-server started", "mode", c.Mode, "frontend", ls.frontend.Addr().String(),
-		"agentPort", ls.agent.Addr().String(), "serverID", c.ServerID, "serverCount", c.ServerCount,
-		"strategies", c.ProxyStrategies)
+	g, gctx := errgroup.WithContext(ctx)
+	var stopping atomic.Bool
+	serveAll(g, &stopping, parts.serve(ls))
+	stopLeases := s.runLeases(ctx)
+	s.logStart(ls)
 	close(s.ready)
-	<-ctx.Done()
+	<-gctx.Done()
 
-	// Shutdown: stop taking new clients, let in-flight ones finish, then stop.
+	stopping.Store(true)
+	s.shutdown(ls, parts)
+	err = g.Wait()
+	if s.leases != nil {
+		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), leaseReleaseTimeout)
+		if rerr := s.leases.Release(rctx); rerr != nil {
+			s.log.Warn("could not delete the server lease; agents count this server until it expires", "err", rerr)
+		}
+		cancel()
+	}
+	stopLeases()
+	if s.cfg.UDSName != "" {
+		_ = os.Remove(s.cfg.UDSName)
+	}
+	if err != nil {
+		s.log.Error("proxy-server stopped: a listener failed", "err", err)
+		return err
+	}
+	s.log.Info("proxy-server stopped")
+	return nil
+}
+
+// serveAll runs every listener's loop in g. A loop that fails, or ends
+// before stopping is set, is an error of g (which ends its context).
+func serveAll(g *errgroup.Group, stopping *atomic.Bool, ls []listener) {
+	for _, l := range ls {
+		g.Go(func() error {
+			err := ignoreClosed(l.serve())
+			if err == nil && !stopping.Load() {
+				err = errors.New("stopped accepting connections")
+			}
+			if err != nil {
+				return fmt.Errorf("%s listener: %w", l.name, err)
+			}
+			return nil
+		})
+	}
+}
+
+// runLeases runs the lease controller, if any, until the returned stop.
+func (s *Server) runLeases(ctx context.Context) (stop func()) {
+	if s.leases == nil {
+		return func() {}
+	}
+	lctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		if err := s.leases.Run(lctx); err != nil {
+			s.log.Error("server lease controller failed", "err", err)
+		}
+	}()
+	return func() { cancel(); <-done }
+}
+
+func (s *Server) logStart(ls *listeners) {
+	c, bi := &s.cfg, buildinfo.Get()
+	var agentAuth []string
+	if c.ClusterCACert != "" {
+		agentAuth = append(agentAuth, "client-certificate")
+	}
+	if c.TokenAuth() {
+		agentAuth = append(agentAuth, "service-account-token("+c.AgentNamespace+"/"+c.AgentServiceAccount+", audience "+c.AuthenticationAudience+")")
+	}
+	authed := len(agentAuth) > 0
+	if !authed {
+		agentAuth = append(agentAuth, "NONE (--allow-unauthenticated-agents)")
+	}
+	s.log.Info("proxy-server started", "version", bi.Version, "commit", bi.Commit, "go", bi.GoVersion,
+		"mode", c.Mode, "frontend", ls.frontend.Addr().String(), "agentPort", ls.agent.Addr().String(),
+		"agentAuth", agentAuth, "serverID", c.ServerID, "serverCount", c.ServerCount,
+		"strategies", c.ProxyStrategies, "leases", c.EnableLeaseController)
+	if !authed {
+		s.log.Warn("agents are not authenticated: any TLS client reaching the agent port can register as an agent (--allow-unauthenticated-agents)")
+	}
+	if authed && c.AllowUnauthenticatedAgents {
+		s.log.Warn("--allow-unauthenticated-agents has no effect: agents are authenticated", "by", agentAuth)
+	}
+	if c.Kubeconfig != "" && !c.needsClient() {
+		s.log.Warn("--kubeconfig is set but nothing uses it: token authentication and --enable-lease-controller are off", "kubeconfig", c.Kubeconfig)
+	}
+}
+
+// shutdown stops taking new clients, lets in-flight ones finish within
+// the grace period, then stops every listener.
+func (s *Server) shutdown(ls *listeners, p *parts) {
+	c := &s.cfg
 	s.log.Info("shutting down", "inFlight", s.tracker.Len(), "gracePeriod", c.GracefulShutdownTimeout)
 	_ = ls.frontend.Close()
 	if c.GracefulShutdownTimeout > 0 {
@@ -245,52 +249,12 @@ func (s *Server) Run(ctx context.Context) error {
 		}
 		cancel()
 	}
-	stopFrontend()
-	stopAgents()
-	agentSrv.Stop()
-	for _, h := range httpSrvs {
-		_ = h.Close()
-	}
-	wg.Wait()
-	if c.UDSName != "" {
-		_ = os.Remove(c.UDSName)
-	}
-	s.log.Info("proxy-server stopped")
-	return nil
+	p.stop()
 }
 
-func ignoreClosed(err error) error {
-	if err == nil || errors.Is(err, net.ErrClosed) || errors.Is(err, http.ErrServerClosed) || errors.Is(err, grpc.ErrServerStopped) {
+func addrOf(ln net.Listener) net.Addr {
+	if ln == nil {
 		return nil
 	}
-	return err
-}
-
-func (s *Server) healthMux() *http.ServeMux {
-	mux := http.NewServeMux()
-	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
-	ready := func(w http.ResponseWriter, _ *http.Request) {
-		if n := s.registry.Len(); n == 0 {
-			http.Error(w, "not ready: no agent connected", http.StatusServiceUnavailable)
-			return
-		}
-		fmt.Fprintln(w, "ok")
-	}
-	mux.HandleFunc("/readyz", ready)
-	mux.HandleFunc("/ready", ready)
-	mux.Handle("/metrics", promhttp.HandlerFor(s.metrics.reg, promhttp.HandlerOpts{}))
-	return mux
-}
-
-func (s *Server) adminMux() *http.ServeMux {
-	mux := http.NewServeMux()
-	mux.Handle("/metrics", promhttp.HandlerFor(s.metrics.reg, promhttp.HandlerOpts{}))
-	if s.cfg.EnableProfiling {
-		mux.HandleFunc("/debug/pprof/", pprof.Index)
-		mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
-		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
-		mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
-		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
-	}
-	return mux
+	return ln.Addr()
 }

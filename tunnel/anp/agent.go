@@ -2,19 +2,25 @@ package anp
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"sync"
 	"time"
 
 	"sigs.k8s.io/apiserver-network-proxy/konnectivity-client/proto/client"
 
 	"isthmus.dev/tunnel/link"
-	"isthmus.dev/tunnel/splice"
 )
 
 // DefaultDialTimeout bounds a backend dial on the agent.
 const DefaultDialTimeout = 10 * time.Second
+
+// DefaultPendingDials bounds the dial requests an agent link holds that the
+// agent has not taken yet; more are refused at once (the link's reader must
+// never block).
+const DefaultPendingDials = 1024
 
 // AgentOptions configure an AgentLink. Zero values take the defaults.
 type AgentOptions struct {
@@ -23,38 +29,32 @@ type AgentOptions struct {
 	// StallTimeout: how long a full queue's reader may take no data before
 	// its connection is closed; 0 = DefaultStallTimeout, negative = at once.
 	StallTimeout time.Duration
-	DialTimeout  time.Duration // 0 = DefaultDialTimeout
-	// OnSplice, if set, is told the bytes moved when a connection ends.
-	OnSplice func(address string, r splice.Result)
-	// OnDial, if set, observes every backend dial: its reason ("" on
-	// success) and how long it took.
-	OnDial func(reason link.Reason, took time.Duration)
+	// PendingDials bounds requests not yet taken by Accept; 0 = DefaultPendingDials.
+	PendingDials int
+	// Observer, if set, sees every packet and stream error.
+	Observer Observer
 }
 
-// AgentLink is the proxy-agent's end of one /AgentService/Connect stream: it
-// serves the server's dial requests with a DialFunc and splices each dialed
-// backend to its tunneled connection.
+// AgentLink is the proxy-agent's end of one /AgentService/Connect stream: a
+// link.Acceptor of the server's DIAL_REQs.
 type AgentLink struct {
 	ep   *endpoint
-	dial link.DialFunc
-	opts AgentOptions
+	reqs chan *request
 
 	mu     sync.Mutex
 	nextID int64
-	dials  map[int64]context.CancelFunc // pending dials by random
-	wg     sync.WaitGroup               // dials and splices
+	dials  map[int64]*request // by random: taken or queued, not yet answered
 }
 
 // NewAgentLink wraps an established agent stream (headers already read).
-func NewAgentLink(s Stream, dial link.DialFunc, o AgentOptions) *AgentLink {
-	if o.DialTimeout <= 0 {
-		o.DialTimeout = DefaultDialTimeout
+func NewAgentLink(s Stream, o AgentOptions) *AgentLink {
+	if o.PendingDials <= 0 {
+		o.PendingDials = DefaultPendingDials
 	}
 	return &AgentLink{
-		ep:    newEndpoint(s, o.Log, o.QueueBytes, o.StallTimeout, func(id int64) *client.Packet { return closeRsp(id, "") }),
-		dial:  dial,
-		opts:  o,
-		dials: make(map[int64]context.CancelFunc),
+		ep:    newEndpoint(s, o.Log, o.QueueBytes, o.StallTimeout, o.Observer, func(id int64) *client.Packet { return closeRsp(id, "") }),
+		reqs:  make(chan *request, o.PendingDials),
+		dials: make(map[int64]*request),
 	}
 }
 
@@ -67,12 +67,24 @@ func (l *AgentLink) Active() int { return l.ep.active() }
 // Drain tells the server to prefer other agents for new dials.
 func (l *AgentLink) Drain() error { return l.ep.send(drain()) }
 
-// Run serves the stream until it or ctx ends. On return every dial has been
-// cancelled and every connection closed and finished.
+// Accept returns the server's next dial request.
+func (l *AgentLink) Accept(ctx context.Context) (link.Request, error) {
+	select {
+	case r := <-l.reqs:
+		return r, nil
+	case <-l.ep.done:
+		return nil, link.ErrLinkClosed
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
+// Run serves the stream until it or ctx ends. Then every connection is
+// closed and every unanswered request cancelled.
 func (l *AgentLink) Run(ctx context.Context) error {
 	go l.ep.runControl()
 	readErr := make(chan error, 1)
-	go func() { readErr <- l.readLoop(ctx) }()
+	go func() { readErr <- l.readLoop() }()
 	var err error
 	select {
 	case err = <-readErr:
@@ -81,33 +93,32 @@ func (l *AgentLink) Run(ctx context.Context) error {
 	}
 	l.ep.shutdown(err)
 	l.mu.Lock()
-	for r, cancel := range l.dials {
-		cancel()
-		delete(l.dials, r)
+	for random, r := range l.dials {
+		r.cancel()
+		delete(l.dials, random)
 	}
 	l.mu.Unlock()
-	l.wg.Wait()
 	return err
 }
 
-func (l *AgentLink) readLoop(ctx context.Context) error {
+func (l *AgentLink) readLoop() error {
 	for {
-		p, err := l.ep.stream.Recv()
+		p, err := l.ep.recv()
 		if err != nil {
 			return err
 		}
 		switch p.Type {
 		case client.PacketType_DIAL_REQ:
 			r := p.GetDialRequest()
-			l.startDial(ctx, r.GetRandom(), r.GetProtocol(), r.GetAddress())
+			l.onDialReq(r.GetRandom(), r.GetProtocol(), r.GetAddress())
 		case client.PacketType_DIAL_CLS:
 			random := p.GetCloseDial().GetRandom()
 			l.mu.Lock()
-			cancel, ok := l.dials[random]
+			r, ok := l.dials[random]
 			delete(l.dials, random)
 			l.mu.Unlock()
 			if ok {
-				cancel()
+				r.cancel()
 				l.ep.log.Debug("dial cancelled by server", "dial", random)
 			}
 		case client.PacketType_DATA:
@@ -128,85 +139,95 @@ func (l *AgentLink) readLoop(ctx context.Context) error {
 	}
 }
 
-// closeDrainTimeout bounds how long the agent keeps writing data queued
-// for a backend after the server closed the connection.
-const closeDrainTimeout = 10 * time.Second
-
-func (l *AgentLink) startDial(ctx context.Context, random int64, protocol, address string) {
-	log := l.ep.log.With("dial", random, "address", address)
+// onDialReq queues a dial request for Accept, or refuses it at once. It
+// never blocks: it runs on the link's reader.
+func (l *AgentLink) onDialReq(random int64, protocol, address string) {
 	if protocol != "tcp" {
 		l.ep.sendLater(dialRsp(random, 0, fmt.Sprintf("protocol %q not supported", protocol)))
 		return
 	}
-	dctx, cancel := context.WithTimeout(ctx, l.opts.DialTimeout)
+	ctx, cancel := context.WithCancel(context.Background())
+	r := &request{l: l, random: random, address: address, ctx: ctx, cancel: cancel}
 	l.mu.Lock()
-	select {
-	case <-l.ep.done:
-		l.mu.Unlock()
-		cancel()
-		return
-	default:
-	}
 	if _, dup := l.dials[random]; dup {
 		l.mu.Unlock()
 		cancel()
-		log.Warn("duplicate dial request ignored")
+		l.ep.log.Warn("duplicate dial request ignored", "dial", random, "address", address)
 		return
 	}
-	l.dials[random] = cancel
-	l.wg.Add(1)
-	l.mu.Unlock()
-
-	go func() {
-		defer l.wg.Done()
-		defer cancel()
-		start := time.Now()
-		backend, err := l.dial(dctx, address)
-		if l.opts.OnDial != nil {
-			l.opts.OnDial(link.Classify(err), time.Since(start))
-		}
-		l.mu.Lock()
-		_, still := l.dials[random]
-		delete(l.dials, random)
-		var c *conn
-		if err == nil && still {
-			l.nextID++
-			c = l.ep.newConn(l.nextID, address)
-			// The server closed: the backend still gets what was queued
-			// for it (EOF from a conn without half-close ends the splice
-			// after the copy), within a bound.
-			c.onPeerClose = func() { _ = backend.SetWriteDeadline(time.Now().Add(closeDrainTimeout)) }
-			if aerr := l.ep.add(c); aerr != nil {
-				c, err = nil, aerr
-			}
-		}
+	select {
+	case l.reqs <- r:
+		l.dials[random] = r
 		l.mu.Unlock()
-		cancel() // dctx bounds the dial only: its timer goes now, not with the connection
-		switch {
-		case !still:
-			if backend != nil {
-				_ = backend.Close()
-			}
-			log.Debug("dial abandoned: cancelled by the server or the link ended")
-			return
-		case err != nil:
-			if backend != nil {
-				_ = backend.Close()
-			}
-			log.Info("backend dial failed", "reason", link.Classify(err), "err", err, "took", time.Since(start))
-			_ = l.ep.send(dialRsp(random, 0, err.Error()))
-			return
-		}
-		if err := l.ep.send(dialRsp(random, c.id, "")); err != nil {
-			_ = c.Close()
-			_ = backend.Close()
-			return
-		}
-		log.Debug("backend connected", "conn", c.id, "took", time.Since(start))
-		res := splice.Splice(c, backend)
-		if l.opts.OnSplice != nil {
-			l.opts.OnSplice(address, res)
-		}
-		log.Debug("connection finished", "conn", c.id, "toBackend", res.AtoB, "fromBackend", res.BtoA, "err", res.Err)
-	}()
+	default:
+		l.mu.Unlock()
+		cancel()
+		l.ep.log.Warn("dial refused: too many dial requests waiting for the agent", "dial", random, "address", address, "pending", cap(l.reqs))
+		l.ep.sendLater(dialRsp(random, 0, fmt.Sprintf("agent busy: %d dial requests waiting", cap(l.reqs))))
+	}
+}
+
+// closeDrainTimeout bounds how long the agent keeps writing data queued
+// for a backend after the server closed the connection.
+const closeDrainTimeout = 10 * time.Second
+
+// request is one DIAL_REQ; it implements link.Request.
+type request struct {
+	l       *AgentLink
+	random  int64
+	address string
+	ctx     context.Context
+	cancel  context.CancelFunc
+}
+
+func (r *request) Address() string          { return r.address }
+func (r *request) Context() context.Context { return r.ctx }
+
+// take removes r from the pending dials; false when it was cancelled (by
+// DIAL_CLS or the link's end) or already answered.
+func (r *request) take() bool {
+	r.l.mu.Lock()
+	defer r.l.mu.Unlock()
+	if r.l.dials[r.random] != r {
+		return false
+	}
+	delete(r.l.dials, r.random)
+	r.cancel()
+	return true
+}
+
+func (r *request) Accept(backend net.Conn) (net.Conn, error) {
+	l := r.l
+	l.mu.Lock()
+	if l.dials[r.random] != r {
+		l.mu.Unlock()
+		return nil, link.ErrDialCancelled
+	}
+	delete(l.dials, r.random)
+	r.cancel()
+	l.nextID++
+	c := l.ep.newConn(l.nextID, r.address)
+	// The server closed: the backend still gets what was queued for it
+	// (EOF from a conn without half-close ends the splice after the copy),
+	// within a bound.
+	c.onPeerClose = func() { _ = backend.SetWriteDeadline(time.Now().Add(closeDrainTimeout)) }
+	err := l.ep.add(c)
+	l.mu.Unlock()
+	if err != nil {
+		return nil, err
+	}
+	if err := l.ep.send(dialRsp(r.random, c.id, "")); err != nil {
+		_ = c.Close()
+		return nil, err
+	}
+	return c, nil
+}
+
+func (r *request) Refuse(reason link.Reason, err error) {
+	if !r.take() {
+		return
+	}
+	if serr := r.l.ep.send(dialRsp(r.random, 0, link.RefusalText(reason, err))); serr != nil && !errors.Is(serr, link.ErrLinkClosed) {
+		r.l.ep.log.Debug("could not send a dial refusal", "dial", r.random, "err", serr)
+	}
 }

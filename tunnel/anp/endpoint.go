@@ -27,6 +27,7 @@ const DefaultStallTimeout = 50 * time.Millisecond
 // stream, the send lock, the live connections and the control sender.
 type endpoint struct {
 	stream     Stream
+	obs        Observer
 	log        *slog.Logger
 	queueLimit int
 	stall      time.Duration
@@ -43,7 +44,7 @@ type endpoint struct {
 	done    chan struct{}
 }
 
-func newEndpoint(s Stream, log *slog.Logger, queueLimit int, stall time.Duration, closePacket func(int64) *client.Packet) *endpoint {
+func newEndpoint(s Stream, log *slog.Logger, queueLimit int, stall time.Duration, obs Observer, closePacket func(int64) *client.Packet) *endpoint {
 	if queueLimit <= 0 {
 		queueLimit = DefaultQueueBytes
 	}
@@ -53,8 +54,12 @@ func newEndpoint(s Stream, log *slog.Logger, queueLimit int, stall time.Duration
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
+	if obs == nil {
+		obs = noObserver{}
+	}
 	return &endpoint{
 		stream:      s,
+		obs:         obs,
 		log:         log,
 		queueLimit:  queueLimit,
 		stall:       stall,
@@ -74,10 +79,39 @@ func (e *endpoint) send(p *client.Packet) error {
 	e.sendMu.Lock()
 	defer e.sendMu.Unlock()
 	if err := e.stream.Send(p); err != nil {
+		e.obs.StreamError(true, p.Type, err)
 		return fmt.Errorf("%w: send %s: %w", link.ErrLinkClosed, p.Type, err)
 	}
+	e.obs.Packet(true, p.Type)
 	return nil
 }
+
+// recv reads the peer's next packet.
+func (e *endpoint) recv() (*client.Packet, error) {
+	p, err := e.stream.Recv()
+	if err != nil {
+		if !errors.Is(err, io.EOF) {
+			e.obs.StreamError(false, client.PacketType(-1), err)
+		}
+		return nil, err
+	}
+	e.obs.Packet(false, p.Type)
+	return p, nil
+}
+
+// Observer sees the packets of an ANP link, for ANP's stream_packets_total
+// and stream_errors_total metrics. It is called on the link's hot path: it
+// must not block. sent is true for packets this side sent. A receive error
+// has no packet type: t is then -1.
+type Observer interface {
+	Packet(sent bool, t client.PacketType)
+	StreamError(sent bool, t client.PacketType, err error)
+}
+
+type noObserver struct{}
+
+func (noObserver) Packet(bool, client.PacketType)             {}
+func (noObserver) StreamError(bool, client.PacketType, error) {}
 
 // sendLater queues a control packet for the control sender, so that the
 // reader never blocks on a send (two readers blocked on sends to each other

@@ -16,6 +16,7 @@ import (
 	"sigs.k8s.io/apiserver-network-proxy/konnectivity-client/proto/client"
 
 	"isthmus.dev/tunnel/link"
+	"isthmus.dev/tunnel/link/linktest"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -61,9 +62,8 @@ func newPair(t *testing.T, so ServerOptions, ao AgentOptions, dial link.DialFunc
 	if err != nil {
 		t.Fatal(err)
 	}
-	al := NewAgentLink(stream, dial, ao)
-	agentDone := make(chan struct{})
-	go func() { defer close(agentDone); _ = al.Run(ctx) }()
+	al := NewAgentLink(stream, ao)
+	agentDone := serveAgent(ctx, al, dial)
 	var sl *ServerLink
 	select {
 	case sl = <-svc.links:
@@ -78,6 +78,18 @@ func newPair(t *testing.T, so ServerOptions, ao AgentOptions, dial link.DialFunc
 		<-served
 	})
 	return &pair{server: sl, agent: al}
+}
+
+// serveAgent runs al and answers its requests with dial; the channel closes
+// when both have ended.
+func serveAgent(ctx context.Context, al *AgentLink, dial link.DialFunc) <-chan struct{} {
+	done := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Add(2)
+	go func() { defer wg.Done(); _ = al.Run(ctx) }()
+	go func() { defer wg.Done(); linktest.Serve(ctx, al, dial) }()
+	go func() { wg.Wait(); close(done) }()
+	return done
 }
 
 func loopbackDial(ctx context.Context, address string) (net.Conn, error) {
@@ -230,7 +242,7 @@ func TestCancelledDialReachesAgent(t *testing.T) {
 		cancelled <- struct{}{}
 		return nil, ctx.Err()
 	}
-	p := newPair(t, ServerOptions{}, AgentOptions{DialTimeout: time.Minute}, hang)
+	p := newPair(t, ServerOptions{}, AgentOptions{}, hang)
 	ctx, cancel := context.WithCancel(context.Background())
 	errc := make(chan error, 1)
 	go func() {
@@ -309,9 +321,8 @@ func TestLinkEndFailsConnections(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	al := NewAgentLink(stream, loopbackDial, AgentOptions{})
-	agentDone := make(chan struct{})
-	go func() { defer close(agentDone); _ = al.Run(ctx) }()
+	al := NewAgentLink(stream, AgentOptions{})
+	agentDone := serveAgent(ctx, al, loopbackDial)
 	sl := <-svc.links
 	c, err := sl.Dial(dialCtx(t), addr)
 	if err != nil {

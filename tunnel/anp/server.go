@@ -40,12 +40,14 @@ type ServerOptions struct {
 	// StallTimeout: how long a full queue's reader may take no data before
 	// its connection is closed; 0 = DefaultStallTimeout, negative = at once.
 	StallTimeout time.Duration
+	// Observer, if set, sees every packet and stream error.
+	Observer Observer
 }
 
 // NewServerLink wraps an accepted agent stream. Call Run to serve it.
 func NewServerLink(s Stream, o ServerOptions) *ServerLink {
 	return &ServerLink{
-		ep:      newEndpoint(s, o.Log, o.QueueBytes, o.StallTimeout, func(id int64) *client.Packet { return closeReq(id) }),
+		ep:      newEndpoint(s, o.Log, o.QueueBytes, o.StallTimeout, o.Observer, func(id int64) *client.Packet { return closeReq(id) }),
 		agentID: o.AgentID,
 		pending: make(map[int64]chan dialResult),
 	}
@@ -89,7 +91,7 @@ func (l *ServerLink) shutdown(err error) {
 
 func (l *ServerLink) readLoop() error {
 	for {
-		p, err := l.ep.stream.Recv()
+		p, err := l.ep.recv()
 		if err != nil {
 			return err
 		}

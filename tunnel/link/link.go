@@ -1,10 +1,11 @@
-// Package link holds what every agent link (the ANP gRPC link and, later, the
-// native one) has in common: the dial contract and its typed errors.
+// Package link holds what every agent link (the ANP gRPC link and the native
+// one) has in common: the dial contract and its typed errors.
 //
 // A link is a connection between one proxy-server and one proxy-agent. On the
 // server side it is a Dialer that hands out tunneled connections as net.Conn;
-// on the agent side it serves dial requests with a DialFunc. Neither side
-// knows which wire is underneath.
+// on the agent side it is an Acceptor that hands out the server's dial
+// requests, each answered with Accept (connected) or Refuse (a reason).
+// Neither side knows which wire is underneath.
 package link
 
 import (
@@ -24,6 +25,36 @@ type Dialer interface {
 // DialFunc dials a backend on the agent side.
 type DialFunc func(ctx context.Context, address string) (net.Conn, error)
 
+// Acceptor is the agent side of a link: the server's dial requests, one at
+// a time. Accept returns an error wrapping ErrLinkClosed once the link has
+// ended, or ctx's error.
+type Acceptor interface {
+	Accept(ctx context.Context) (Request, error)
+}
+
+// Request is one dial the server asked the agent for. Exactly one of Accept
+// and Refuse answers it; the agent must answer every request it took, and
+// may do so from any goroutine.
+type Request interface {
+	// Address is where to dial: "host:port", TCP.
+	Address() string
+	// Context ends when the server cancels the dial (DIAL_CLS, or the
+	// stream closed before the answer) or the link ends. It bounds the
+	// dial only, never the connection.
+	Context() context.Context
+	// Accept answers that the backend is connected and returns the
+	// tunneled connection. It fails (ErrDialCancelled, ErrLinkClosed) when
+	// the request was cancelled meanwhile; the caller then closes backend.
+	// The link may bound writes to backend after the server closed the
+	// connection (a wire without half-close must not wait forever for a
+	// backend to take what was queued).
+	Accept(backend net.Conn) (net.Conn, error)
+	// Refuse answers that the dial failed: the reason travels to the
+	// server, err's text too (for its logs). A cancelled request is
+	// dropped without an answer.
+	Refuse(reason Reason, err error)
+}
+
 // Sentinel errors. Match them with errors.Is.
 var (
 	// ErrNoAgent: no connected agent can serve the destination.
@@ -33,6 +64,8 @@ var (
 	// ErrQueueOverflow: a connection's receive queue overflowed; the ANP wire
 	// has no flow control, so that one connection is closed.
 	ErrQueueOverflow = errors.New("receive queue overflow")
+	// ErrDialCancelled: the server cancelled the dial before the answer.
+	ErrDialCancelled = errors.New("dial cancelled by the server")
 )
 
 // Reason classifies a failed dial. It is a metric label and picks the HTTP
@@ -108,4 +141,13 @@ func Classify(err error) Reason {
 		return ReasonUnreachable
 	}
 	return ReasonOf(err)
+}
+
+// RefusalText is the message a refused dial carries to the server: err's
+// text, or the reason when there is no error.
+func RefusalText(r Reason, err error) string {
+	if err == nil {
+		return string(r)
+	}
+	return err.Error()
 }

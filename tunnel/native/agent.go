@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"sync"
@@ -12,7 +13,6 @@ import (
 	"github.com/hashicorp/yamux"
 
 	"isthmus.dev/tunnel/link"
-	"isthmus.dev/tunnel/splice"
 )
 
 // Welcome is what the server answers to a hello.
@@ -21,31 +21,31 @@ type Welcome struct {
 	ServerCount int
 }
 
-// ErrRefused is returned when the server refused the agent.
+// ErrRefused is returned when the server refused the agent; the error's
+// text carries the server's reason.
 var ErrRefused = errors.New("native link: refused by the server")
 
 // AgentOptions configure the agent end.
 type AgentOptions struct {
-	Config      Config
-	Log         *slog.Logger
-	DialTimeout time.Duration // backend dial bound; 0 = 10 s
-	// OnSplice and OnDial observe connections and dials, as on the ANP link.
-	OnSplice func(address string, r splice.Result)
-	OnDial   func(reason link.Reason, took time.Duration)
+	Config Config
+	Log    *slog.Logger
 }
 
-// AgentLink is the proxy-agent's end of a native link.
+// AgentLink is the proxy-agent's end of a native link: a link.Acceptor of
+// the server's dials, each a yamux stream.
 type AgentLink struct {
 	*session
 	opts AgentOptions
-	wg   sync.WaitGroup
+	reqs chan *request
+	wg   sync.WaitGroup // stream readers
 }
 
 // Connect runs the agent side of the handshake on conn (a TLS connection
 // that negotiated ALPN). It owns conn from the call on.
 func Connect(ctx context.Context, conn net.Conn, h Hello, o AgentOptions) (*AgentLink, Welcome, error) {
 	var w Welcome
-	ys, err := yamux.Client(newFrameWriter(conn), o.Config.yamux())
+	fw := newFrameWriter(conn)
+	ys, err := yamux.Client(fw, o.Config.yamux())
 	if err != nil {
 		conn.Close()
 		return nil, w, err
@@ -65,7 +65,9 @@ func Connect(ctx context.Context, conn net.Conn, h Hello, o AgentOptions) (*Agen
 	switch {
 	case err != nil:
 		ys.Close()
-		if hctx.Err() != nil {
+		if cause := fw.cause(); cause != nil && !errors.Is(cause, io.EOF) {
+			err = cause // e.g. the server's TLS alert: its verdict on our certificate
+		} else if hctx.Err() != nil {
 			err = hctx.Err()
 		}
 		return nil, w, fmt.Errorf("native link: handshake: %w", err)
@@ -79,15 +81,12 @@ func Connect(ctx context.Context, conn net.Conn, h Hello, o AgentOptions) (*Agen
 	if !stop() {
 		return nil, w, fmt.Errorf("native link: handshake: %w", hctx.Err())
 	}
-	if o.DialTimeout <= 0 {
-		o.DialTimeout = 10 * time.Second
-	}
 	log := o.Log
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
 	w = Welcome{ServerID: m.ServerID, ServerCount: m.ServerCount}
-	return &AgentLink{session: newSession(ys, ctrl, log.With("server", w.ServerID)), opts: o}, w, nil
+	return &AgentLink{session: newSession(ys, ctrl, log.With("server", w.ServerID)), opts: o, reqs: make(chan *request)}, w, nil
 }
 
 // Done is closed when the link has ended.
@@ -99,9 +98,10 @@ func (l *AgentLink) Active() int { return l.active() }
 // Drain tells the server to prefer other agents for new dials.
 func (l *AgentLink) Drain() error { return l.writeCtl(ctl{T: msgDrain}) }
 
-// Run serves the server's dials with dial until the link or ctx ends. On
-// return every dial and connection has finished.
-func (l *AgentLink) Run(ctx context.Context, dial link.DialFunc) error {
+// Run serves the control stream and takes the server's data streams until
+// the link or ctx ends; then the session is closed, every connection on it
+// fails, and requests not yet answered are cancelled.
+func (l *AgentLink) Run(ctx context.Context) error {
 	accepted := make(chan struct{})
 	go func() {
 		defer close(accepted)
@@ -113,7 +113,7 @@ func (l *AgentLink) Run(ctx context.Context, dial link.DialFunc) error {
 			l.wg.Add(1)
 			go func() {
 				defer l.wg.Done()
-				l.serve(ctx, st, dial)
+				l.request(st)
 			}()
 		}
 	}()
@@ -125,88 +125,108 @@ func (l *AgentLink) Run(ctx context.Context, dial link.DialFunc) error {
 	return err
 }
 
-// serve handles one data stream: header, dial (cancelled if the server
-// closes the stream first), answer, then splice.
-func (l *AgentLink) serve(ctx context.Context, st *yamux.Stream, dial link.DialFunc) {
-	c := l.track(st)
-	type dialed struct {
-		address string
-		backend net.Conn
+// Accept returns the server's next dial request.
+func (l *AgentLink) Accept(ctx context.Context) (link.Request, error) {
+	select {
+	case r := <-l.reqs:
+		return r, nil
+	case <-l.done():
+		return nil, link.ErrLinkClosed
+	case <-ctx.Done():
+		return nil, ctx.Err()
 	}
-	d := splice.OnOwnStack(func() (d dialed) {
-		d.address, d.backend = l.connect(ctx, c, st, dial)
-		return d
-	})
-	if d.backend == nil {
-		return
-	}
-	res := splice.Splice(c, d.backend)
-	if l.opts.OnSplice != nil {
-		l.opts.OnSplice(d.address, res)
-	}
-	l.log.Debug("connection finished", "stream", st.StreamID(), "toBackend", res.AtoB, "fromBackend", res.BtoA, "err", res.Err)
 }
 
-// connect reads the dial header, dials (cancelled if the server closes the
-// stream first) and answers. It returns the address and the backend
-// connection, or no connection after it answered an error and closed c.
-func (l *AgentLink) connect(ctx context.Context, c *streamConn, st *yamux.Stream, dial link.DialFunc) (string, net.Conn) {
+// request reads one data stream's dial header, hands the request to
+// Accept, and then watches the stream until the request is answered: the
+// server sends nothing before the answer, so anything it does meanwhile
+// (its FIN, an abort, the session ending) cancels the dial.
+func (l *AgentLink) request(st *yamux.Stream) {
+	c := l.track(st)
 	_ = st.SetReadDeadline(time.Now().Add(l.opts.Config.handshakeTimeout()))
 	address, err := readHeader(st)
 	if err != nil {
-		l.log.Warn("bad dial header", "err", err)
+		l.log.Warn("bad dial header from the server", "stream", st.StreamID(), "err", err)
 		c.Close()
-		return address, nil
+		return
 	}
 	_ = st.SetReadDeadline(time.Time{})
-	log := l.log.With("stream", st.StreamID(), "address", address)
-
-	dctx, cancel := context.WithTimeout(ctx, l.opts.DialTimeout)
-	defer cancel()
-	// The server sends nothing before our answer: anything it does now
-	// (its FIN, an abort, the session ending) cancels the dial.
-	watch := make(chan struct{})
-	go func() {
-		defer close(watch)
-		var b [1]byte
-		if _, err := c.Read(b[:]); err == nil || !isDeadline(err) {
-			cancel()
-		}
-	}()
-	start := time.Now()
-	backend, err := dial(dctx, address)
-	reason := link.Classify(err)
-	if l.opts.OnDial != nil {
-		l.opts.OnDial(reason, time.Since(start))
-	}
-	_ = st.SetReadDeadline(time.Unix(1, 0)) // stop the watcher
-	<-watch
-	_ = st.SetReadDeadline(time.Time{})
-	cancelled := dctx.Err() != nil && ctx.Err() == nil && !errors.Is(dctx.Err(), context.DeadlineExceeded)
-	cancel() // dctx bounds the dial only: its timer goes now, not with the connection
-	switch {
-	case cancelled:
-		if backend != nil {
-			backend.Close()
-		}
-		log.Debug("dial cancelled by the server")
+	ctx, cancel := context.WithCancel(context.Background())
+	r := &request{c: c, address: address, ctx: ctx, cancel: cancel, watched: make(chan struct{})}
+	select {
+	case l.reqs <- r:
+	case <-l.done():
+		cancel()
 		c.Close()
-		return address, nil
-	case err != nil:
-		log.Info("backend dial failed", "reason", reason, "err", err, "took", time.Since(start))
-		_ = writeAnswer(st, answerCode(reason), err.Error())
-		_ = c.CloseWrite()
-		c.Close()
-		return address, nil
+		return
 	}
-	if err := writeAnswer(st, 0, ""); err != nil {
-		backend.Close()
-		c.Close()
-		return address, nil
+	defer close(r.watched)
+	var b [1]byte
+	if _, err := c.Read(b[:]); err == nil || !isDeadline(err) {
+		cancel()
 	}
-	log.Debug("backend connected", "took", time.Since(start))
-	return address, backend
 }
+
+// request is one dial on a data stream; it implements link.Request.
+type request struct {
+	c       *streamConn
+	address string
+	ctx     context.Context
+	cancel  context.CancelFunc
+	watched chan struct{} // closed when the stream watcher stopped
+	once    sync.Once
+}
+
+func (r *request) Address() string          { return r.address }
+func (r *request) Context() context.Context { return r.ctx }
+
+// answer stops the watcher and reports whether the server still waits.
+func (r *request) answer() (waiting bool) {
+	_ = r.c.SetReadDeadline(time.Unix(1, 0))
+	<-r.watched
+	_ = r.c.SetReadDeadline(time.Time{})
+	waiting = r.ctx.Err() == nil
+	r.cancel()
+	return waiting
+}
+
+func (r *request) Accept(net.Conn) (net.Conn, error) {
+	first := false
+	var err error
+	r.once.Do(func() {
+		first = true
+		switch {
+		case !r.answer():
+			err = link.ErrDialCancelled
+		default:
+			if werr := writeAnswer(r.c, 0, ""); werr != nil {
+				err = fmt.Errorf("%w: answer: %w", link.ErrLinkClosed, werr)
+			}
+		}
+		if err != nil {
+			r.c.Close()
+		}
+	})
+	if !first {
+		return nil, errAnswered
+	}
+	if err != nil {
+		return nil, err
+	}
+	return r.c, nil
+}
+
+func (r *request) Refuse(reason link.Reason, err error) {
+	r.once.Do(func() {
+		if r.answer() {
+			_ = writeAnswer(r.c, answerCode(reason), link.RefusalText(reason, err))
+			_ = r.c.CloseWrite()
+		}
+		r.c.Close()
+	})
+}
+
+var errAnswered = errors.New("native link: dial request answered twice")
 
 func isDeadline(err error) bool {
 	var ne net.Error

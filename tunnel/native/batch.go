@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -87,7 +88,8 @@ const (
 type frameWriter struct {
 	net.Conn // the *tls.Conn; reads and everything else pass through
 	raw      *RawConn
-	held     []byte // a data frame header waiting for its body
+	readErr  atomic.Pointer[error] // the error that ended reading, if any
+	held     []byte                // a data frame header waiting for its body
 	buf      []byte
 
 	mu       sync.Mutex
@@ -108,13 +110,32 @@ const (
 	maxQueue = 256 << 10
 )
 
-func newFrameWriter(c net.Conn) net.Conn {
+func newFrameWriter(c net.Conn) *frameWriter {
 	fw := &frameWriter{Conn: c, held: make([]byte, 0, yamuxHeaderSize), done: make(chan struct{})}
 	fw.cond.L = &fw.mu
 	if tc, ok := c.(*tls.Conn); ok {
 		fw.raw, _ = tc.NetConn().(*RawConn)
 	}
 	return fw
+}
+
+// Read passes through, keeping the error that ended reading: yamux ends
+// the session on it and reports only that the session ended, while the
+// cause (a TLS alert from the peer, say) is what a log must show.
+func (f *frameWriter) Read(p []byte) (int, error) {
+	n, err := f.Conn.Read(p)
+	if err != nil {
+		f.readErr.CompareAndSwap(nil, &err)
+	}
+	return n, err
+}
+
+// cause is the error that ended reading, or nil.
+func (f *frameWriter) cause() error {
+	if e := f.readErr.Load(); e != nil {
+		return *e
+	}
+	return nil
 }
 
 func (f *frameWriter) Write(p []byte) (int, error) {

@@ -21,6 +21,7 @@ import (
 	"go.uber.org/goleak"
 
 	"isthmus.dev/tunnel/link"
+	"isthmus.dev/tunnel/link/linktest"
 	"isthmus.dev/tunnel/splice"
 )
 
@@ -101,9 +102,10 @@ func newPair(t *testing.T, so ServerOptions, ao AgentOptions, dial link.DialFunc
 		t.Fatalf("accept: %v", r.err)
 	}
 	var wg sync.WaitGroup
-	wg.Add(2)
+	wg.Add(3)
 	go func() { defer wg.Done(); _ = r.l.Run(ctx) }()
-	go func() { defer wg.Done(); _ = al.Run(ctx, dial) }()
+	go func() { defer wg.Done(); _ = al.Run(ctx) }()
+	go func() { defer wg.Done(); linktest.Serve(ctx, al, dial) }()
 	t.Cleanup(func() { cancel(); wg.Wait() })
 	return &pair{server: r.l, agent: al}
 }
@@ -241,7 +243,7 @@ func TestCancelledDialReachesAgent(t *testing.T) {
 		cancelled <- struct{}{}
 		return nil, ctx.Err()
 	}
-	p := newPair(t, opts, AgentOptions{DialTimeout: time.Minute}, hang)
+	p := newPair(t, opts, AgentOptions{}, hang)
 	ctx, cancel := context.WithCancel(context.Background())
 	errc := make(chan error, 1)
 	go func() { _, err := p.server.Dial(ctx, "127.0.0.1:9"); errc <- err }()

@@ -40,7 +40,11 @@ Writes kube-apiserver's egress configuration to --out (default
 ./egress-selector-configuration.yaml, mode 0644; never over an existing
 file without --force; "-" prints it instead) and prints the flags to add
 to kube-apiserver (--egress-selector-config-file, --api-audiences with the
-agents' token audience) and those proxy-server needs to match.
+agents' token audience) and those proxy-server needs to match: its
+frontend, and how it authenticates agents: by their service-account tokens
+(kubeadm's and k0s's way: --agent-namespace, --agent-service-account,
+--authentication-audience, --kubeconfig), or by client certificates
+(--cluster-ca-cert).
 
 The cluster selection goes through proxy-server, in one of:
   --mode grpc --transport uds           (default) GRPC over a Unix socket
@@ -64,6 +68,8 @@ type renderOptions struct {
 	audience   string
 	keep       []string
 	force      bool
+	// agent token authentication, for proxy-server's flags
+	agentNamespace, agentServiceAccount, kubeconfig string
 }
 
 func parseEgressRender(args []string) (renderOptions, error) {
@@ -83,7 +89,10 @@ func parseEgressRender(args []string) (renderOptions, error) {
 	etcd := fs.String("etcd", string(egress.RouteDirect), "the etcd selection: direct, proxy (like cluster) or omit")
 	fs.StringVar(&o.out, "out", "egress-selector-configuration.yaml", `file to write, or "-" for standard output`)
 	fs.StringVar(&o.configPath, "config-path", "", "path kube-apiserver will read the file at, for the printed flag (default: --out made absolute)")
-	fs.StringVar(&o.audience, "agent-audience", egress.DefaultAgentAudience, "audience of the agents' service-account tokens, added to kube-apiserver's --api-audiences (for when agents authenticate with tokens; proxy-server authenticates them by client certificate today)")
+	fs.StringVar(&o.audience, "agent-audience", egress.DefaultAgentAudience, "audience of the agents' service-account tokens: added to kube-apiserver's --api-audiences, and proxy-server's --authentication-audience")
+	fs.StringVar(&o.agentNamespace, "agent-namespace", "kube-system", "namespace of the agents' service account (proxy-server's --agent-namespace)")
+	fs.StringVar(&o.agentServiceAccount, "agent-service-account", "konnectivity-agent", "the agents' service account (proxy-server's --agent-service-account)")
+	fs.StringVar(&o.kubeconfig, "kubeconfig", "", "proxy-server's kubeconfig for its token reviews, for its --kubeconfig (default PKI-DIR/proxy-server.kubeconfig, from 'isthmus certs kubeconfig')")
 	fs.StringSliceVar(&o.keep, "existing-audiences", []string{egress.DefaultServiceAccountIssuer},
 		"audiences kube-apiserver accepts today (its --api-audiences, or else its --service-account-issuer); kept in --api-audiences")
 	fs.BoolVar(&o.force, "force", false, "replace --out if it exists")
@@ -109,6 +118,10 @@ func parseEgressRender(args []string) (renderOptions, error) {
 	if o.configPath == "" {
 		o.configPath = abs(o.out)
 	}
+	if o.kubeconfig == "" {
+		o.kubeconfig = filepath.Join(*pkiDir, "proxy-server.kubeconfig")
+	}
+	o.kubeconfig = abs(o.kubeconfig)
 	return o, nil
 }
 
@@ -142,7 +155,26 @@ func runEgressRender(args []string) error {
 	for _, f := range proxyServerFlags(cfg) {
 		fmt.Fprintln(stdout, "  "+f)
 	}
+	printAgentAuth(o)
 	return nil
+}
+
+// printAgentAuth prints proxy-server's agent authentication flags: tokens
+// (the default of kubeadm's and k0s's deployments), or client certificates.
+func printAgentAuth(o renderOptions) {
+	fmt.Fprintln(stdout, "and agent authentication, by the agents' service-account tokens (kubeadm's and k0s's way;")
+	fmt.Fprintln(stdout, "the agents send a projected token with this audience: proxy-agent --service-account-token-path;")
+	fmt.Fprintln(stdout, "leave --kubeconfig out when proxy-server runs in a pod: it then uses its in-cluster config):")
+	for _, f := range []string{
+		"--agent-namespace=" + o.agentNamespace,
+		"--agent-service-account=" + o.agentServiceAccount,
+		"--authentication-audience=" + o.audience,
+		"--kubeconfig=" + o.kubeconfig,
+	} {
+		fmt.Fprintln(stdout, "  "+f)
+	}
+	fmt.Fprintln(stdout, "or by client certificates (proxy-agent --agent-cert/--agent-key; with both, an agent needs both):")
+	fmt.Fprintln(stdout, "  --cluster-ca-cert=<the CA that signed the agents' certificates, 'isthmus certs agent'>")
 }
 
 // proxyServerFlags are the proxy-server flags that match cfg's cluster
@@ -168,10 +200,7 @@ func proxyServerFlags(cfg *apiserver.EgressSelectorConfiguration) []string {
 			flags = append(flags, "--server-ca-cert=<the CA that signed "+filepath.Base(t.TLSConfig.ClientCert)+">")
 		}
 	}
-	// No --authentication-audience: proxy-server does not take agent
-	// tokens yet (it refuses the flag) and authenticates agents by their
-	// client certificates (--cluster-ca-cert).
-	return append(flags, "--cluster-ca-cert=<the CA that signed the agents' certificates>")
+	return flags
 }
 
 func clusterConnection(cfg *apiserver.EgressSelectorConfiguration) *apiserver.Connection {

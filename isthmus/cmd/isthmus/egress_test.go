@@ -23,6 +23,7 @@ func TestEgressCommands(t *testing.T) {
 			t.Errorf("render output lacks %q:\n%s", want, report)
 		}
 	}
+	checkAgentAuthAdvice(t, report, egress.DefaultAgentAudience, "kube-system", "konnectivity-agent", abs(filepath.Join(DefaultPKIDir, "proxy-server.kubeconfig")))
 	if _, err := egress.Load(out); err != nil {
 		t.Fatal(err)
 	}
@@ -32,7 +33,12 @@ func TestEgressCommands(t *testing.T) {
 	if _, err := run(t, "egress", "render", "--out", out, "--uds-name", sock); err == nil || !strings.Contains(err.Error(), "--force") {
 		t.Errorf("render over an existing file: %v", err)
 	}
-	mustRun(t, "egress", "render", "--out", out, "--uds-name", sock, "--mode", "http-connect", "--force")
+	report = mustRun(t, "egress", "render", "--out", out, "--uds-name", sock, "--mode", "http-connect", "--force",
+		"--agent-audience", "aud-x", "--agent-namespace", "ns-x", "--agent-service-account", "sa-x", "--kubeconfig", "/etc/kubernetes/konnectivity-server.conf")
+	checkAgentAuthAdvice(t, report, "aud-x", "ns-x", "sa-x", "/etc/kubernetes/konnectivity-server.conf")
+	if want := "--api-audiences=" + egress.DefaultServiceAccountIssuer + ",aud-x"; !strings.Contains(report, want) {
+		t.Errorf("render output lacks %q:\n%s", want, report)
+	}
 	if report := mustRun(t, "egress", "validate", "--config", out); !strings.Contains(report, "cluster: HTTPConnect over UDS "+sock) {
 		t.Errorf("validate: %s", report)
 	}
@@ -71,5 +77,32 @@ func TestEgressCommands(t *testing.T) {
 	}
 	if _, err := run(t, "egress", "validate"); err == nil || !strings.Contains(err.Error(), "--config") {
 		t.Errorf("validate without --config: %v", err)
+	}
+}
+
+// checkAgentAuthAdvice: render advises proxy-server's token flags first
+// (kubeadm's way), then client certificates as the alternative.
+func checkAgentAuthAdvice(t *testing.T, report, audience, ns, sa, kubeconfig string) {
+	t.Helper()
+	last := -1
+	for _, want := range []string{
+		"  --agent-namespace=" + ns + "\n",
+		"  --agent-service-account=" + sa + "\n",
+		"  --authentication-audience=" + audience + "\n",
+		"  --kubeconfig=" + kubeconfig + "\n",
+		"  --cluster-ca-cert=",
+	} {
+		i := strings.Index(report, want)
+		if i < 0 {
+			t.Errorf("render output lacks %q:\n%s", want, report)
+			continue
+		}
+		if i < last {
+			t.Errorf("render output has %q out of order (tokens first, then client certificates):\n%s", want, report)
+		}
+		last = i
+	}
+	if !strings.Contains(report, "service-account tokens") || !strings.Contains(report, "or by client certificates") {
+		t.Errorf("render output does not explain the two ways:\n%s", report)
 	}
 }

@@ -8,6 +8,8 @@ import (
 	"os"
 
 	"github.com/spf13/pflag"
+
+	"isthmus.dev/tunnel/flagcompat"
 )
 
 const usage = `isthmus: the operator tool of the isthmus tunnel (a drop-in for Konnectivity).
@@ -26,6 +28,7 @@ Commands:
   preflight
           check this host's ports for its role (controller or worker) and pod
           network provider: what must listen, what must be reachable
+  version print the version and commit of this build (also: --version)
 
 Run 'isthmus COMMAND --help' for a command's flags.
 `
@@ -63,6 +66,13 @@ func dispatch(args []string) error {
 		if len(args) == 0 {
 			return errors.New("no command given")
 		}
+		return nil
+	}
+	if args[0] == "version" || args[0] == "--version" {
+		if len(args) > 1 {
+			return fmt.Errorf("%s: unexpected arguments %q", args[0], args[1:])
+		}
+		flagcompat.PrintVersion(stdout, "isthmus")
 		return nil
 	}
 	for _, c := range commands {

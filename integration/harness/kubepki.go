@@ -1,0 +1,107 @@
+package harness
+
+import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"encoding/pem"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"sync/atomic"
+	"testing"
+
+	"isthmus.dev/certs"
+)
+
+// KubePKI is a control plane's own certificates, from one CA that also
+// signs the kubelets' serving certificates and the client certificates of
+// the identities the tests create (proxy-server's, agents').
+type KubePKI struct {
+	Dir                                 string
+	CA                                  string // the CA certificate (kube-apiserver --client-ca-file)
+	ServingCert, ServingKey             string // kube-apiserver on 127.0.0.1
+	AdminCert, AdminKey                 string // system:masters
+	KubeletClientCert, KubeletClientKey string // kube-apiserver toward kubelets
+	SAPub, SAKey                        string // service-account token signing
+	ca                                  *certs.CA
+	seq                                 atomic.Int32
+}
+
+// NewKubePKI creates the CA and the control plane's certificates in dir.
+func NewKubePKI(t testing.TB, dir string) *KubePKI {
+	t.Helper()
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	ca, err := certs.NewCA("isthmus-e2e-kubernetes-ca", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &KubePKI{Dir: dir, CA: filepath.Join(dir, "ca.crt"), ca: ca}
+	if err := certs.WriteFileAtomic(p.CA, ca.CertPEM, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	p.ServingCert, p.ServingKey = p.issue(t, "apiserver", certs.Request{CommonName: "kube-apiserver",
+		DNSNames: []string{"localhost"}, IPs: []net.IP{net.IPv4(127, 0, 0, 1)}, Server: true})
+	p.AdminCert, p.AdminKey = p.ClientCert(t, "admin", "isthmus-e2e-admin", "system:masters")
+	p.KubeletClientCert, p.KubeletClientKey = p.ClientCert(t, "apiserver-kubelet-client", "kube-apiserver-kubelet-client", "system:masters")
+	p.SAKey, p.SAPub = writeSAKeys(t, dir)
+	return p
+}
+
+// ClientCert issues a client certificate for user (its groups as
+// organizations) into the PKI's directory.
+func (p *KubePKI) ClientCert(t testing.TB, name, user string, groups ...string) (cert, key string) {
+	t.Helper()
+	return p.issue(t, name, certs.Request{CommonName: user, Organization: groups, Client: true})
+}
+
+// KubeletCert issues the serving certificate of node's kubelet at ip.
+func (p *KubePKI) KubeletCert(t testing.TB, node, ip string) (cert, key string) {
+	t.Helper()
+	return p.issue(t, "kubelet-"+node+"-"+ip, certs.Request{CommonName: "system:node:" + node,
+		IPs: []net.IP{net.ParseIP(ip)}, Server: true})
+}
+
+// issue writes name-<n>.crt and .key: tests sharing the PKI may issue the
+// same name at once.
+func (p *KubePKI) issue(t testing.TB, name string, r certs.Request) (cert, key string) {
+	t.Helper()
+	pair, err := p.ca.Issue(r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	name += "-" + strconv.Itoa(int(p.seq.Add(1)))
+	if cert, key, err = pair.WritePair(p.Dir, name); err != nil {
+		t.Fatal(err)
+	}
+	return cert, key
+}
+
+// writeSAKeys writes the service-account signing key and its public half.
+func writeSAKeys(t testing.TB, dir string) (private, public string) {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	der, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pub, err := x509.MarshalPKIXPublicKey(&key.PublicKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	private, public = filepath.Join(dir, "sa.key"), filepath.Join(dir, "sa.pub")
+	if err := certs.WriteFileAtomic(private, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := certs.WriteFileAtomic(public, pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: pub}), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return private, public
+}

@@ -1,0 +1,90 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"net"
+	"sync"
+	"time"
+
+	"isthmus.dev/proxy-agent/policy"
+	"isthmus.dev/tunnel/link"
+	"isthmus.dev/tunnel/splice"
+)
+
+// serveLink takes the dial requests of one link until it ends, answering
+// each on a goroutine of its own; it returns when every connection it
+// started has finished.
+func (a *Agent) serveLink(ctx context.Context, h *heldLink) {
+	log := a.log.With("server", h.serverID, "link", h.kind)
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	for {
+		r, err := h.l.Accept(ctx)
+		if err != nil {
+			return
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			a.serve(r, log)
+		}()
+	}
+}
+
+// dialed is the outcome of a backend dial.
+type dialed struct {
+	backend net.Conn
+	err     error
+	took    time.Duration
+}
+
+// serve answers one dial request, whichever link it came on: policy, dial,
+// answer, splice, metrics. It is the only place the agent does this.
+func (a *Agent) serve(r link.Request, log *slog.Logger) {
+	address := r.Address()
+	// The dial (name resolution, connect) grows the stack; it runs on a
+	// goroutine of its own so that this one, which copies for the
+	// connection's whole life, stays small.
+	d := splice.OnOwnStack(func() dialed { return a.dialBackend(r) })
+	if d.err != nil {
+		reason := link.Classify(d.err)
+		if errors.Is(d.err, policy.ErrNotAllowed) {
+			reason = link.ReasonPolicy
+		}
+		a.metrics.dialFailed(reason)
+		switch reason {
+		case link.ReasonCancelled:
+			log.Debug("dial cancelled by the server", "address", address, "took", d.took)
+		case link.ReasonPolicy:
+			log.Warn("dial refused: destination not allowed", "address", address, "allowedDestinations", a.dialer.Policy.String())
+		default:
+			log.Info("backend dial failed", "address", address, "reason", reason, "err", d.err, "took", d.took)
+		}
+		r.Refuse(reason, d.err)
+		return
+	}
+	c, err := r.Accept(d.backend)
+	if err != nil {
+		_ = d.backend.Close()
+		a.metrics.dialFailed(link.ReasonCancelled)
+		log.Debug("dial abandoned: cancelled by the server or the link ended", "address", address, "err", err)
+		return
+	}
+	a.metrics.dialed(d.took)
+	log.Debug("backend connected", "address", address, "took", d.took)
+	res := splice.Splice(c, d.backend)
+	a.metrics.spliced(res)
+	log.Debug("connection finished", "address", address, "toBackend", res.AtoB, "fromBackend", res.BtoA, "err", res.Err)
+}
+
+// dialBackend dials r's address under the policy, bounded by
+// --backend-dial-timeout and cancelled when the server cancels.
+func (a *Agent) dialBackend(r link.Request) dialed {
+	start := time.Now()
+	ctx, cancel := context.WithTimeout(r.Context(), a.cfg.DialTimeout)
+	defer cancel()
+	c, err := a.dialer.DialContext(ctx, r.Address())
+	return dialed{backend: c, err: err, took: time.Since(start)}
+}
