@@ -1,8 +1,6 @@
 package kubeconfig
 
 import (
-	"crypto/tls"
-	"crypto/x509"
 	"encoding/json"
 	"net/http"
 	"net/http/httptest"
@@ -14,8 +12,6 @@ import (
 
 	authv1 "k8s.io/api/authentication/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-
-	"isthmus.dev/certs"
 )
 
 // fakeAPIServer is a TLS server that, like kube-apiserver, requires a client
@@ -31,37 +27,9 @@ type fakeAPIServer struct {
 
 func startFakeAPIServer(t *testing.T) *fakeAPIServer {
 	t.Helper()
-	kubeCA, err := certs.NewCAFor(certs.CARequest{CommonName: "kubernetes"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	servingReq, err := certs.ServerRequest("kube-apiserver", []string{"127.0.0.1"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	serving, err := kubeCA.Issue(servingReq)
-	if err != nil {
-		t.Fatal(err)
-	}
-	client, err := kubeCA.Issue(certs.ClientRequest(certs.KubeconfigUser))
-	if err != nil {
-		t.Fatal(err)
-	}
-	pair, err := tls.X509KeyPair(serving.CertPEM, serving.KeyPEM)
-	if err != nil {
-		t.Fatal(err)
-	}
-	pool := x509.NewCertPool()
-	pool.AddCert(kubeCA.Cert)
 	f := &fakeAPIServer{}
-	f.Server = httptest.NewUnstartedServer(http.HandlerFunc(f.serve))
-	f.TLS = &tls.Config{Certificates: []tls.Certificate{pair}, ClientCAs: pool, ClientAuth: tls.RequireAndVerifyClientCert, MinVersion: tls.VersionTLS12}
-	f.StartTLS()
-	t.Cleanup(f.Close)
-	b, err := Render(Config{Server: f.URL, ServerCA: kubeCA.CertPEM, ClientCert: client.CertPEM, ClientKey: client.KeyPEM})
-	if err != nil {
-		t.Fatal(err)
-	}
+	var b []byte
+	f.Server, b = kubeTLS(t, http.HandlerFunc(f.serve))
 	f.kubeconfig = filepath.Join(t.TempDir(), "proxy-server.kubeconfig")
 	if err := os.WriteFile(f.kubeconfig, b, 0o600); err != nil {
 		t.Fatal(err)

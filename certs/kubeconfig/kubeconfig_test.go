@@ -24,39 +24,9 @@ func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 // through client-go against a TLS server that requires a client
 // certificate from the cluster CA, as kube-apiserver does.
 func TestRenderedKubeconfigAuthenticates(t *testing.T) {
-	kubeCA, err := certs.NewCAFor(certs.CARequest{CommonName: "kubernetes"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	servingReq, err := certs.ServerRequest("kube-apiserver", []string{"127.0.0.1"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	serving, err := kubeCA.Issue(servingReq)
-	if err != nil {
-		t.Fatal(err)
-	}
-	client, err := kubeCA.Issue(certs.ClientRequest(certs.KubeconfigUser))
-	if err != nil {
-		t.Fatal(err)
-	}
-	pair, err := tls.X509KeyPair(serving.CertPEM, serving.KeyPEM)
-	if err != nil {
-		t.Fatal(err)
-	}
-	pool := x509.NewCertPool()
-	pool.AddCert(kubeCA.Cert)
-	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	srv, b := kubeTLS(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		_, _ = io.WriteString(w, "hello "+r.TLS.PeerCertificates[0].Subject.CommonName)
 	}))
-	srv.TLS = &tls.Config{Certificates: []tls.Certificate{pair}, ClientCAs: pool, ClientAuth: tls.RequireAndVerifyClientCert, MinVersion: tls.VersionTLS12}
-	srv.StartTLS()
-	defer srv.Close()
-
-	b, err := Render(Config{Server: srv.URL, ServerCA: kubeCA.CertPEM, ClientCert: client.CertPEM, ClientKey: client.KeyPEM})
-	if err != nil {
-		t.Fatal(err)
-	}
 	rc, err := clientcmd.RESTConfigFromKubeConfig(b)
 	if err != nil {
 		t.Fatal(err)
@@ -122,4 +92,43 @@ func TestRenderRefuses(t *testing.T) {
 	if _, err := Render(good); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// kubeTLS serves handler over HTTPS the way kube-apiserver does: a serving
+// certificate from a cluster CA, and a client certificate from it required.
+// It returns the server (closed at cleanup) and the kubeconfig Render makes
+// for it, with a client certificate of certs.KubeconfigUser.
+func kubeTLS(t *testing.T, handler http.Handler) (*httptest.Server, []byte) {
+	t.Helper()
+	kubeCA, err := certs.NewCAFor(certs.CARequest{CommonName: "kubernetes"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	servingReq, err := certs.ServerRequest("kube-apiserver", []string{"127.0.0.1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	serving, err := kubeCA.Issue(servingReq)
+	if err != nil {
+		t.Fatal(err)
+	}
+	client, err := kubeCA.Issue(certs.ClientRequest(certs.KubeconfigUser))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pair, err := tls.X509KeyPair(serving.CertPEM, serving.KeyPEM)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool := x509.NewCertPool()
+	pool.AddCert(kubeCA.Cert)
+	srv := httptest.NewUnstartedServer(handler)
+	srv.TLS = &tls.Config{Certificates: []tls.Certificate{pair}, ClientCAs: pool, ClientAuth: tls.RequireAndVerifyClientCert, MinVersion: tls.VersionTLS12}
+	srv.StartTLS()
+	t.Cleanup(srv.Close)
+	b, err := Render(Config{Server: srv.URL, ServerCA: kubeCA.CertPEM, ClientCert: client.CertPEM, ClientKey: client.KeyPEM})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return srv, b
 }
