@@ -66,7 +66,9 @@ func KubeAPIServerBinary(t testing.TB) string {
 	if _, err := os.Stat(bin); err == nil {
 		return bin
 	}
-	unlock := bhLock(t, bin+".lock") // one build at a time on this machine
+	// One build at a time on this machine: another test package may be
+	// building it now (up to the build's own 40-minute bound).
+	unlock := bhLock(t, bin+".lock", 45*time.Minute)
 	defer unlock()
 	if _, err := os.Stat(bin); err == nil {
 		return bin // another test process built it while we waited

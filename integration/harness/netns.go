@@ -107,15 +107,15 @@ func bhRun(t testing.TB, name string, args ...string) string {
 	return strings.TrimSpace(string(out))
 }
 
-// bhLock takes an exclusive flock on path (bounded wait) and returns the
+// bhLock takes an exclusive flock on path, waiting at most wait, and returns the
 // unlock func.
-func bhLock(t testing.TB, path string) (unlock func()) {
+func bhLock(t testing.TB, path string, wait time.Duration) (unlock func()) {
 	t.Helper()
 	f, err := os.OpenFile(path, os.O_CREATE|os.O_RDWR, 0o600)
 	if err != nil {
 		t.Fatal(err)
 	}
-	deadline := time.Now().Add(30 * time.Second)
+	deadline := time.Now().Add(wait)
 	for {
 		err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB)
 		if err == nil {
@@ -125,7 +125,7 @@ func bhLock(t testing.TB, path string) (unlock func()) {
 			f.Close()
 			t.Fatalf("lock %s: %v", path, err)
 		}
-		time.Sleep(20 * time.Millisecond)
+		time.Sleep(50 * time.Millisecond)
 	}
 	return func() {
 		_ = syscall.Flock(int(f.Fd()), syscall.LOCK_UN)

@@ -10,6 +10,7 @@ import (
 	"runtime"
 	"strings"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -130,7 +131,7 @@ func newVethNamespace(t testing.TB, nftRules string) *Blackhole {
 	bhRun(t, "ip", "link", "add", b.HostIf, "type", "veth", "peer", "name", nsIf)
 	bhRun(t, "ip", "link", "set", nsIf, "netns", b.Name)
 	func() {
-		unlock := bhLock(t, filepath.Join(os.TempDir(), "isthmus-blackhole.lock"))
+		unlock := bhLock(t, filepath.Join(os.TempDir(), "isthmus-blackhole.lock"), 30*time.Second)
 		defer unlock()
 		prefix, err := freeSlash30()
 		if err != nil {
