@@ -1,6 +1,6 @@
 # isthmus — see README.md. Every target builds or installs what it needs.
 SHELL   := /bin/bash
-MODULES := tunnel certs egress cni proxy-server proxy-agent isthmus integration
+MODULES := tunnel certs egress cni proxy-server proxy-agent isthmus deploy integration
 BIN     := $(CURDIR)/bin
 VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 COMMIT  ?= $(shell git rev-parse HEAD 2>/dev/null || echo unknown)
@@ -8,7 +8,7 @@ GO      ?= go
 # --version, the start-up log line and build_info say which build runs.
 LDFLAGS := -X isthmus.dev/tunnel/buildinfo.version=$(VERSION) -X isthmus.dev/tunnel/buildinfo.commit=$(COMMIT)
 
-.PHONY: all build demo test test-unit test-integration bench lint deps clean
+.PHONY: all build image demo docs test test-unit test-integration bench lint deps clean
 
 all: build
 
@@ -20,20 +20,34 @@ build:
 		isthmus.dev/isthmus/cmd/isthmus
 	@echo "built: $(BIN)/proxy-server $(BIN)/proxy-agent $(BIN)/isthmus"
 
+# The container image: the same three binaries (static, CGO_ENABLED=0) for
+# linux/amd64, linux/arm64 and linux/arm/v7 in one image index, user
+# 65532:65532, no shell, written as an OCI image layout tarball (no registry,
+# no daemon) named IMAGE_REF. Reproducible: file times are the commit's time.
+# Import: ctr images import --all-platforms bin/isthmus-image.tar
+IMAGE_REF         ?= localhost/isthmus:$(VERSION)
+SOURCE_DATE_EPOCH ?= $(shell git log -1 --format=%ct 2>/dev/null || echo 0)
+image:
+	@mkdir -p $(BIN)
+	$(GO) run isthmus.dev/deploy/cmd/isthmus-image --output $(BIN)/isthmus-image.tar \
+		--ref "$(IMAGE_REF)" --image-version "$(VERSION)" --commit "$(COMMIT)" \
+		--ldflags "$(LDFLAGS)" --created "$(SOURCE_DATE_EPOCH)"
+
 # A real server, agent and backend on this machine, traffic through the tunnel.
 demo: build
 	$(BIN)/isthmus demo --bin-dir $(BIN)
 
 # System packages the namespace tests use. As root they are installed when
 # missing; otherwise those tests skip and say why.
-# etcd-server is for the kube-apiserver end-to-end test.
+# etcd-server is for the kube-apiserver end-to-end test; containerd (with
+# runc and ctr) for the container image test.
 deps:
-	@if ! command -v nft >/dev/null || ! command -v ip >/dev/null || ! command -v etcd >/dev/null; then \
+	@if ! command -v nft >/dev/null || ! command -v ip >/dev/null || ! command -v etcd >/dev/null || ! command -v ctr >/dev/null || ! command -v containerd >/dev/null; then \
 		if [ "$$(id -u)" = 0 ]; then \
-			echo "installing iproute2, nftables and etcd-server for the network-namespace and kube-apiserver tests"; \
-			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iproute2 nftables iptables etcd-server >/dev/null; \
+			echo "installing iproute2, nftables, etcd-server and containerd for the network-namespace, kube-apiserver and container image tests"; \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iproute2 nftables iptables etcd-server containerd >/dev/null; \
 		else \
-			echo "note: not root and nft/ip/etcd missing: network-namespace and kube-apiserver tests will skip"; \
+			echo "note: not root and nft/ip/etcd/containerd missing: network-namespace, kube-apiserver and container image tests will skip"; \
 		fi; \
 	fi
 
@@ -45,12 +59,17 @@ test: deps lint
 	done
 
 test-unit: lint
-	@set -e; for m in tunnel certs egress cni proxy-server proxy-agent isthmus; do \
+	@set -e; for m in tunnel certs egress cni proxy-server proxy-agent isthmus deploy; do \
 		(cd $$m && $(GO) test -race -count=1 ./...); \
 	done
 
 test-integration: deps
 	cd integration && $(GO) test -race -count=1 -timeout 60m ./...
+
+# Regenerate the generated parts of docs/ (metric tables, the ANP flag and
+# metric tables) from the code; `make test` fails while they differ.
+docs:
+	cd integration && $(GO) test -count=1 -run TestGeneratedDocs ./docs -update
 
 # Throughput and latency through the tunnel next to direct loopback TCP.
 bench:

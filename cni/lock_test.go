@@ -88,7 +88,7 @@ func TestProviderChangeRefusedAfterRestart(t *testing.T) {
 	if b, err := cmd.CombinedOutput(); err == nil || !strings.Contains(string(b), "full cluster redeployment") {
 		t.Errorf("calico in a new process: %v\n%s", err, b)
 	}
-	if _, err := cni.Render(mustParse(t, "kuberouter: {hairpin: true}"), out, cni.RenderOptions{}); err != nil {
+	if _, err := cni.Render(mustParse(t, "kuberouter: {hairpin: true}"), out, cni.RenderOptions{Force: true}); err != nil {
 		t.Errorf("same provider again: %v", err)
 	}
 }

@@ -3,6 +3,8 @@ package cni_test
 import (
 	"context"
 	"encoding/json"
+	"errors"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"slices"
@@ -331,7 +333,16 @@ func TestRenderReplacesStacksWhole(t *testing.T) {
 		t.Fatal(err)
 	}
 	c.Calico.VXLANPort = 4790
-	if _, err := cni.Render(c, out, cni.RenderOptions{}); err != nil {
+	// Without Force: refused, naming what exists, and nothing touched.
+	_, err = cni.Render(c, out, cni.RenderOptions{})
+	var ee *cni.ExistsError
+	if !errors.As(err, &ee) || !errors.Is(err, fs.ErrExist) || len(ee.Paths) != 3 || ee.Paths[0] != r.Conflist || ee.Paths[2] != r.Stacks[1] {
+		t.Fatalf("re-render without Force: %v, want an ExistsError naming the conflist and both stacks", err)
+	}
+	if _, err := os.Stat(stale); err != nil {
+		t.Errorf("a refused re-render touched the stack: %v", err)
+	}
+	if _, err := cni.Render(c, out, cni.RenderOptions{Force: true}); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := os.Stat(stale); !os.IsNotExist(err) {
@@ -352,6 +363,44 @@ func TestRenderReplacesStacksWhole(t *testing.T) {
 	})
 	if err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestRenderListsFilesAndInstallRefusesExisting: Rendered.Files lists
+// every file written, the provider lock only on the render that recorded
+// it; Install leaves an existing conflist alone without Force.
+func TestRenderListsFilesAndInstallRefusesExisting(t *testing.T) {
+	out := t.TempDir()
+	c := mustParse(t, "provider: kuberouter")
+	r, err := cni.Render(c, out, cni.RenderOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{r.Conflist, filepath.Join(r.Stacks[0], "00-rbac.yaml"), filepath.Join(r.Stacks[0], "01-configmap.yaml"),
+		filepath.Join(r.Stacks[0], "02-daemonset.yaml"), filepath.Join(out, cni.StateFileName)}
+	if !slices.Equal(r.Files, want) {
+		t.Errorf("Files %v, want %v", r.Files, want)
+	}
+	if r, err = cni.Render(c, out, cni.RenderOptions{Force: true}); err != nil || slices.Contains(r.Files, filepath.Join(out, cni.StateFileName)) {
+		t.Errorf("second render: %v, files %v (the lock was recorded before)", err, r.Files)
+	}
+
+	conf, state := filepath.Join(out, "net.d"), filepath.Join(out, "state.json")
+	path, err := cni.Install(c, conf, cni.InstallOptions{StateFile: state})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(path, []byte("{}"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cni.Install(c, conf, cni.InstallOptions{StateFile: state}); !errors.Is(err, fs.ErrExist) {
+		t.Errorf("install over an existing conflist: %v, want an ExistsError", err)
+	}
+	if b, _ := os.ReadFile(path); string(b) != "{}" {
+		t.Errorf("a refused install replaced the conflist")
+	}
+	if _, err := cni.Install(c, conf, cni.InstallOptions{StateFile: state, Force: true}); err != nil {
+		t.Errorf("install with Force: %v", err)
 	}
 }
 

@@ -1,7 +1,8 @@
 // Package preflight checks a node's ports against the required ports of an
 // isolated control plane (networking-k0s.md): per role and pod network
-// provider, what must listen on this host and what must be reachable from
-// it, each failure with how to fix it.
+// provider, which ports must be free now (their service is not installed
+// yet), which must be listening (their service should be running), and
+// what must be reachable from this host, each failure with how to fix it.
 package preflight
 
 import (
@@ -26,22 +27,30 @@ const (
 
 // Ports are the port numbers checked; DefaultPorts has the standard ones.
 type Ports struct {
-	Etcd         int // etcd peers, controller <-> controller (tcp)
-	APIServer    int // kube-apiserver, worker and CLI => controller (tcp)
-	BGP          int // kube-router or Calico BIRD, worker <-> worker (tcp)
-	VXLAN        int // Calico VXLAN, worker <-> worker (udp)
-	Kubelet      int // kubelet, reached from the controller through the tunnel (tcp)
-	K0sAPI       int // controller join API, controller <-> controller (tcp)
-	Konnectivity int // proxy-server's agent port, worker => controller (tcp)
+	Etcd      int // etcd peers, controller <-> controller (tcp)
+	APIServer int // kube-apiserver, worker and CLI => controller (tcp)
+	BGP       int // kube-router or Calico BIRD, worker <-> worker (tcp)
+	VXLAN     int // Calico VXLAN, worker <-> worker (udp)
+	Kubelet   int // kubelet, reached from the controller through the tunnel (tcp)
+	K0sAPI    int // controller join API, controller <-> controller (tcp)
+	// Agent is proxy-server's agent port (its --agent-port; ANP's default
+	// is 8091, k0s and kubeadm's guide use 8132): worker => controller (tcp).
+	Agent int
+	// Admin and Health are this host's daemon's admin and health ports:
+	// proxy-server's --admin-port and --health-port on a controller,
+	// proxy-agent's --admin-server-port and --health-server-port on a
+	// worker (local, tcp). 0: turned off, not checked.
+	Admin, Health int
 }
 
-// DefaultPorts are the ports of networking-k0s.md's table.
+// DefaultPorts are the ports of networking-k0s.md's table, and the admin
+// and health ports of kubeadm's guide (8133, 8134).
 func DefaultPorts() Ports {
-	return Ports{Etcd: 2380, APIServer: 6443, BGP: 179, VXLAN: 4789, Kubelet: 10250, K0sAPI: 9443, Konnectivity: 8132}
+	return Ports{Etcd: 2380, APIServer: 6443, BGP: 179, VXLAN: 4789, Kubelet: 10250, K0sAPI: 9443, Agent: 8132, Admin: 8133, Health: 8134}
 }
 
 // PortNames are the names Set accepts, in the order of the table.
-var PortNames = []string{"etcd", "apiserver", "bgp", "vxlan", "kubelet", "k0s-api", "konnectivity"}
+var PortNames = []string{"etcd", "apiserver", "bgp", "vxlan", "kubelet", "k0s-api"}
 
 func (p *Ports) field(name string) *int {
 	switch name {
@@ -57,8 +66,6 @@ func (p *Ports) field(name string) *int {
 		return &p.Kubelet
 	case "k0s-api":
 		return &p.K0sAPI
-	case "konnectivity":
-		return &p.Konnectivity
 	}
 	return nil
 }
@@ -86,6 +93,11 @@ type Options struct {
 	// workers, ipip and bird need BGP (tcp) between workers.
 	CalicoMode string
 	Ports      Ports
+	// NotInstalled are the components of this host that are not installed
+	// yet: their ports must be free now, where those of the others must be
+	// listening. Each must run on Role (RoleComponents). Nil: everything
+	// is installed.
+	NotInstalled []Component
 	// Controllers are the controller hosts a worker must reach (6443 and
 	// the agent port, outbound). Required for role worker.
 	Controllers []string
@@ -96,25 +108,43 @@ type Options struct {
 	Timeout time.Duration
 }
 
-// Kind says whether a check is about this host or a remote one.
+// Kind says what a check asks of a port.
 type Kind string
 
 // The kinds.
 const (
-	Listen Kind = "listen" // something must listen on this host
+	Free   Kind = "free"   // nothing may hold the port on this host: its service is not installed yet
+	Listen Kind = "listen" // something must listen on this host: its service should be running
 	Reach  Kind = "reach"  // a remote port must answer from this host
 	Tunnel Kind = "tunnel" // carried by the tunnel: needs no route, not probed
 )
 
+// Describe is what the kind asks, for the table: "must be free",
+// "must listen", "must answer", "via tunnel".
+func (k Kind) Describe() string {
+	switch k {
+	case Free:
+		return "must be free"
+	case Listen:
+		return "must listen"
+	case Reach:
+		return "must answer"
+	case Tunnel:
+		return "via tunnel"
+	}
+	return string(k)
+}
+
 // Check is one planned check.
 type Check struct {
-	Service  string // e.g. kube-apiserver
-	Kind     Kind
-	Proto    string // tcp or udp
-	Host     string // Reach: the remote host; Listen: empty
-	Port     int
-	Required bool
-	Fix      string // what to do when it fails
+	Service   string    // e.g. kube-apiserver
+	Component Component // what holds the port: on this host (Free, Listen) or the remote one
+	Kind      Kind
+	Proto     string // tcp or udp
+	Host      string // Reach: the remote host; Free, Listen: empty
+	Port      int
+	Required  bool
+	Fix       string // what to do when it fails
 }
 
 // Target is host:port/proto, or *:port/proto for a local check.
@@ -137,76 +167,43 @@ func Plan(o Options) ([]Check, error) {
 	if !slices.Contains([]string{"vxlan", "ipip", "bird"}, o.CalicoMode) {
 		return nil, fmt.Errorf("calico mode %q: allowed: vxlan, ipip, bird", o.CalicoMode)
 	}
-	p := o.Ports
+	comps, ok := RoleComponents[o.Role]
+	if !ok {
+		return nil, fmt.Errorf("role %q: allowed: controller, worker", o.Role)
+	}
+	for _, c := range o.NotInstalled {
+		if !slices.Contains(comps, c) {
+			return nil, fmt.Errorf("not installed %q: not a component of a %s; allowed: %s", c, o.Role, joinComponents(comps))
+		}
+	}
+	var checks []Check
 	switch o.Role {
 	case Controller:
-		return controllerPlan(o, p), nil
+		checks = controllerPlan(o, o.Ports)
 	case Worker:
 		if len(o.Controllers) == 0 {
-			return nil, fmt.Errorf("role worker: give the controller address(es) the worker must reach on %d and %d", p.APIServer, p.Konnectivity)
+			return nil, fmt.Errorf("role worker: give the controller address(es) the worker must reach on %d and %d", o.Ports.APIServer, o.Ports.Agent)
 		}
-		return workerPlan(o, p), nil
+		checks = workerPlan(o, o.Ports)
 	}
-	return nil, fmt.Errorf("role %q: allowed: controller, worker", o.Role)
-}
-
-func controllerPlan(o Options, p Ports) []Check {
-	multi := len(o.Peers) > 0
-	checks := []Check{
-		{Service: "kube-apiserver", Kind: Listen, Proto: "tcp", Port: p.APIServer, Required: true,
-			Fix: fmt.Sprintf("start kube-apiserver with --secure-port=%d, and let workers and CLIs reach it (inbound tcp/%d)", p.APIServer, p.APIServer)},
-		{Service: "proxy-server (agents)", Kind: Listen, Proto: "tcp", Port: p.Konnectivity, Required: true,
-			Fix: fmt.Sprintf("start proxy-server with --agent-port=%d, and open inbound tcp/%d from the workers: agents dial out to it", p.Konnectivity, p.Konnectivity)},
-		{Service: "etcd peers", Kind: Listen, Proto: "tcp", Port: p.Etcd, Required: multi,
-			Fix: fmt.Sprintf("start etcd with its peer URL on port %d; needed between controllers (optional with one controller)", p.Etcd)},
-		{Service: "controller join API", Kind: Listen, Proto: "tcp", Port: p.K0sAPI, Required: multi,
-			Fix: fmt.Sprintf("start the controller join API on port %d; needed between controllers (optional with one controller)", p.K0sAPI)},
-	}
-	for _, peer := range o.Peers {
-		checks = append(checks,
-			Check{Service: "etcd peers", Kind: Reach, Proto: "tcp", Host: peer, Port: p.Etcd, Required: true,
-				Fix: fmt.Sprintf("open tcp/%d between the controllers (both ways) and check etcd runs on %s", p.Etcd, peer)},
-			Check{Service: "controller join API", Kind: Reach, Proto: "tcp", Host: peer, Port: p.K0sAPI, Required: true,
-				Fix: fmt.Sprintf("open tcp/%d between the controllers (both ways) and check the join API runs on %s", p.K0sAPI, peer)},
-		)
-	}
-	return append(checks, Check{Service: "kubelet (workers)", Kind: Tunnel, Proto: "tcp", Port: p.Kubelet,
-		Fix: "none: kube-apiserver reaches kubelets through proxy-server and the agents; the controller needs no route to the workers"})
-}
-
-func workerPlan(o Options, p Ports) []Check {
-	checks := []Check{{Service: "kubelet", Kind: Listen, Proto: "tcp", Port: p.Kubelet, Required: true,
-		Fix: fmt.Sprintf("start kubelet (port %d); proxy-agent dials it on behalf of kube-apiserver", p.Kubelet)}}
-	for _, c := range o.Controllers {
-		checks = append(checks,
-			Check{Service: "kube-apiserver", Kind: Reach, Proto: "tcp", Host: c, Port: p.APIServer, Required: true,
-				Fix: fmt.Sprintf("allow outbound tcp/%d from this worker to %s and check kube-apiserver listens there", p.APIServer, c)},
-			Check{Service: "proxy-server (agents)", Kind: Reach, Proto: "tcp", Host: c, Port: p.Konnectivity, Required: true,
-				Fix: fmt.Sprintf("allow outbound tcp/%d from this worker to %s and check proxy-server listens there (--agent-port)", p.Konnectivity, c)},
-		)
-	}
-	switch {
-	case o.Provider == cni.KubeRouter:
-		checks = append(checks, bgpChecks("kube-router BGP", "kube-router", o.Peers, p)...)
-	case o.Provider == cni.Calico && o.CalicoMode == "vxlan":
-		checks = append(checks, Check{Service: "Calico VXLAN", Kind: Listen, Proto: "udp", Port: p.VXLAN, Required: true,
-			Fix: fmt.Sprintf("start calico-node: Felix opens the vxlan.calico device on udp/%d (calico.vxlanPort)", p.VXLAN)})
-		for _, peer := range o.Peers {
-			checks = append(checks, Check{Service: "Calico VXLAN", Kind: Reach, Proto: "udp", Host: peer, Port: p.VXLAN, Required: true,
-				Fix: fmt.Sprintf("open udp/%d between the workers (both ways) and check calico-node runs on %s", p.VXLAN, peer)})
+	for i, c := range checks {
+		if c.Kind == Listen && slices.Contains(o.NotInstalled, c.Component) {
+			checks[i] = mustBeFree(c)
 		}
-	case o.Provider == cni.Calico:
-		checks = append(checks, bgpChecks("Calico BGP (BIRD)", "calico-node", o.Peers, p)...)
 	}
-	return checks
+	return checks, nil
 }
 
-func bgpChecks(service, daemon string, peers []string, p Ports) []Check {
-	checks := []Check{{Service: service, Kind: Listen, Proto: "tcp", Port: p.BGP, Required: true,
-		Fix: fmt.Sprintf("start %s: it holds the BGP sessions with the other workers on tcp/%d", daemon, p.BGP)}}
-	for _, peer := range peers {
-		checks = append(checks, Check{Service: service, Kind: Reach, Proto: "tcp", Host: peer, Port: p.BGP, Required: true,
-			Fix: fmt.Sprintf("open tcp/%d between the workers (both ways) and check %s runs on %s", p.BGP, daemon, peer)})
+// mustBeFree turns the listen check of a component not installed yet into
+// a check that its port is free.
+func mustBeFree(c Check) Check {
+	c.Kind = Free
+	holds := "listens on"
+	if c.Proto == "udp" {
+		holds = "is bound to"
 	}
-	return checks
+	c.Fix = fmt.Sprintf("%s is not installed yet and will need %s/%d: something else %s it now. Find it (ss -%slnp 'sport = :%d') and stop it, "+
+		"or give %s another port and pass the same to preflight. If it is %s itself, it is installed: check that it listens instead "+
+		"(isthmus preflight --not-installed none)", c.Component, c.Proto, c.Port, holds, c.Proto[:1], c.Port, c.Component, c.Component)
+	return c
 }

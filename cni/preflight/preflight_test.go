@@ -63,64 +63,112 @@ func byTarget(t *testing.T, rs []preflight.Result, service string, kind prefligh
 	return preflight.Result{}
 }
 
+// want is one planned check, as TestPlan compares it.
+type want struct {
+	service string
+	kind    preflight.Kind
+	proto   string
+	port    int
+	req     bool
+}
+
+// planCase is a node and the checks planned for it.
+type planCase struct {
+	name  string
+	o     preflight.Options
+	want  []want
+	ports func(*preflight.Ports) // changes to the default ports
+}
+
+var planCases = []planCase{
+	{"single controller", preflight.Options{Role: preflight.Controller, Provider: cni.KubeRouter}, []want{
+		{"kube-apiserver", preflight.Listen, "tcp", 6443, true},
+		{"proxy-server (agents)", preflight.Listen, "tcp", 8132, true},
+		{"proxy-server (admin)", preflight.Listen, "tcp", 8133, true},
+		{"proxy-server (health)", preflight.Listen, "tcp", 8134, true},
+		{"etcd peers", preflight.Listen, "tcp", 2380, false},
+		{"controller join API", preflight.Listen, "tcp", 9443, false},
+		{"kubelet (workers)", preflight.Tunnel, "tcp", 10250, false},
+	}, nil},
+	{"controller before proxy-server", preflight.Options{Role: preflight.Controller, Provider: cni.KubeRouter,
+		NotInstalled: preflight.DefaultNotInstalled(preflight.Controller)}, []want{
+		{"kube-apiserver", preflight.Listen, "tcp", 6443, true},
+		{"proxy-server (agents)", preflight.Free, "tcp", 8132, true},
+		{"proxy-server (admin)", preflight.Free, "tcp", 8133, true},
+		{"proxy-server (health)", preflight.Free, "tcp", 8134, true},
+		{"etcd peers", preflight.Listen, "tcp", 2380, false},
+		{"controller join API", preflight.Listen, "tcp", 9443, false},
+		{"kubelet (workers)", preflight.Tunnel, "tcp", 10250, false},
+	}, nil},
+	{"controllers", preflight.Options{Role: preflight.Controller, Provider: cni.Calico, Peers: []string{"c2"}}, []want{
+		{"kube-apiserver", preflight.Listen, "tcp", 6443, true},
+		{"proxy-server (agents)", preflight.Listen, "tcp", 8132, true},
+		{"proxy-server (admin)", preflight.Listen, "tcp", 8133, true},
+		{"proxy-server (health)", preflight.Listen, "tcp", 8134, true},
+		{"etcd peers", preflight.Listen, "tcp", 2380, true},
+		{"controller join API", preflight.Listen, "tcp", 9443, true},
+		{"etcd peers", preflight.Reach, "tcp", 2380, true},
+		{"controller join API", preflight.Reach, "tcp", 9443, true},
+		{"kubelet (workers)", preflight.Tunnel, "tcp", 10250, false},
+	}, nil},
+	{"kube-router worker", preflight.Options{Role: preflight.Worker, Provider: cni.KubeRouter, Controllers: []string{"c1"}, Peers: []string{"w2"}}, []want{
+		{"kubelet", preflight.Listen, "tcp", 10250, true},
+		{"proxy-agent (admin)", preflight.Listen, "tcp", 8133, true},
+		{"proxy-agent (health)", preflight.Listen, "tcp", 8134, true},
+		{"kube-apiserver", preflight.Reach, "tcp", 6443, true},
+		{"proxy-server (agents)", preflight.Reach, "tcp", 8132, true},
+		{"kube-router BGP", preflight.Listen, "tcp", 179, true},
+		{"kube-router BGP", preflight.Reach, "tcp", 179, true},
+	}, nil},
+	{"kube-router worker before the agent and the pod network", preflight.Options{Role: preflight.Worker, Provider: cni.KubeRouter, Controllers: []string{"c1"},
+		NotInstalled: []preflight.Component{preflight.ProxyAgent, preflight.PodNetwork}}, []want{
+		{"kubelet", preflight.Listen, "tcp", 10250, true},
+		{"proxy-agent (admin)", preflight.Free, "tcp", 8133, true},
+		{"proxy-agent (health)", preflight.Free, "tcp", 8134, true},
+		{"kube-apiserver", preflight.Reach, "tcp", 6443, true},
+		{"proxy-server (agents)", preflight.Reach, "tcp", 8132, true},
+		{"kube-router BGP", preflight.Free, "tcp", 179, true},
+	}, nil},
+	{"calico vxlan worker", preflight.Options{Role: preflight.Worker, Provider: cni.Calico, Controllers: []string{"c1"}, Peers: []string{"w2"}}, []want{
+		{"kubelet", preflight.Listen, "tcp", 10250, true},
+		{"proxy-agent (admin)", preflight.Listen, "tcp", 8133, true},
+		{"proxy-agent (health)", preflight.Listen, "tcp", 8134, true},
+		{"kube-apiserver", preflight.Reach, "tcp", 6443, true},
+		{"proxy-server (agents)", preflight.Reach, "tcp", 8132, true},
+		{"Calico VXLAN", preflight.Listen, "udp", 4789, true},
+		{"Calico VXLAN", preflight.Reach, "udp", 4789, true},
+	}, nil},
+	{"calico bird worker", preflight.Options{Role: preflight.Worker, Provider: cni.Calico, CalicoMode: "bird", Controllers: []string{"c1"}}, []want{
+		{"kubelet", preflight.Listen, "tcp", 10250, true},
+		{"proxy-agent (admin)", preflight.Listen, "tcp", 8133, true},
+		{"proxy-agent (health)", preflight.Listen, "tcp", 8134, true},
+		{"kube-apiserver", preflight.Reach, "tcp", 6443, true},
+		{"proxy-server (agents)", preflight.Reach, "tcp", 8132, true},
+		{"Calico BGP (BIRD)", preflight.Listen, "tcp", 179, true},
+	}, nil},
+	{"custom worker, admin port off", preflight.Options{Role: preflight.Worker, Provider: cni.Custom, Controllers: []string{"c1"}, Peers: []string{"w2"}}, []want{
+		{"kubelet", preflight.Listen, "tcp", 10250, true},
+		{"proxy-agent (health)", preflight.Listen, "tcp", 8134, true},
+		{"kube-apiserver", preflight.Reach, "tcp", 6443, true},
+		{"proxy-server (agents)", preflight.Reach, "tcp", 8132, true},
+	}, func(p *preflight.Ports) { p.Admin = 0 }},
+	{"agent port of ANP", preflight.Options{Role: preflight.Worker, Provider: cni.Custom, Controllers: []string{"c1"}}, []want{
+		{"kubelet", preflight.Listen, "tcp", 10250, true},
+		{"proxy-agent (admin)", preflight.Listen, "tcp", 8133, true},
+		{"proxy-agent (health)", preflight.Listen, "tcp", 8134, true},
+		{"kube-apiserver", preflight.Reach, "tcp", 6443, true},
+		{"proxy-server (agents)", preflight.Reach, "tcp", 8091, true},
+	}, func(p *preflight.Ports) { p.Agent = 8091 }},
+}
+
 func TestPlan(t *testing.T) {
 	d := preflight.DefaultPorts()
-	type want struct {
-		service string
-		kind    preflight.Kind
-		proto   string
-		port    int
-		req     bool
-	}
-	for _, tc := range []struct {
-		name string
-		o    preflight.Options
-		want []want
-	}{
-		{"single controller", preflight.Options{Role: preflight.Controller, Provider: cni.KubeRouter}, []want{
-			{"kube-apiserver", preflight.Listen, "tcp", 6443, true},
-			{"proxy-server (agents)", preflight.Listen, "tcp", 8132, true},
-			{"etcd peers", preflight.Listen, "tcp", 2380, false},
-			{"controller join API", preflight.Listen, "tcp", 9443, false},
-			{"kubelet (workers)", preflight.Tunnel, "tcp", 10250, false},
-		}},
-		{"controllers", preflight.Options{Role: preflight.Controller, Provider: cni.Calico, Peers: []string{"c2"}}, []want{
-			{"kube-apiserver", preflight.Listen, "tcp", 6443, true},
-			{"proxy-server (agents)", preflight.Listen, "tcp", 8132, true},
-			{"etcd peers", preflight.Listen, "tcp", 2380, true},
-			{"controller join API", preflight.Listen, "tcp", 9443, true},
-			{"etcd peers", preflight.Reach, "tcp", 2380, true},
-			{"controller join API", preflight.Reach, "tcp", 9443, true},
-			{"kubelet (workers)", preflight.Tunnel, "tcp", 10250, false},
-		}},
-		{"kube-router worker", preflight.Options{Role: preflight.Worker, Provider: cni.KubeRouter, Controllers: []string{"c1"}, Peers: []string{"w2"}}, []want{
-			{"kubelet", preflight.Listen, "tcp", 10250, true},
-			{"kube-apiserver", preflight.Reach, "tcp", 6443, true},
-			{"proxy-server (agents)", preflight.Reach, "tcp", 8132, true},
-			{"kube-router BGP", preflight.Listen, "tcp", 179, true},
-			{"kube-router BGP", preflight.Reach, "tcp", 179, true},
-		}},
-		{"calico vxlan worker", preflight.Options{Role: preflight.Worker, Provider: cni.Calico, Controllers: []string{"c1"}, Peers: []string{"w2"}}, []want{
-			{"kubelet", preflight.Listen, "tcp", 10250, true},
-			{"kube-apiserver", preflight.Reach, "tcp", 6443, true},
-			{"proxy-server (agents)", preflight.Reach, "tcp", 8132, true},
-			{"Calico VXLAN", preflight.Listen, "udp", 4789, true},
-			{"Calico VXLAN", preflight.Reach, "udp", 4789, true},
-		}},
-		{"calico bird worker", preflight.Options{Role: preflight.Worker, Provider: cni.Calico, CalicoMode: "bird", Controllers: []string{"c1"}}, []want{
-			{"kubelet", preflight.Listen, "tcp", 10250, true},
-			{"kube-apiserver", preflight.Reach, "tcp", 6443, true},
-			{"proxy-server (agents)", preflight.Reach, "tcp", 8132, true},
-			{"Calico BGP (BIRD)", preflight.Listen, "tcp", 179, true},
-		}},
-		{"custom worker", preflight.Options{Role: preflight.Worker, Provider: cni.Custom, Controllers: []string{"c1"}, Peers: []string{"w2"}}, []want{
-			{"kubelet", preflight.Listen, "tcp", 10250, true},
-			{"kube-apiserver", preflight.Reach, "tcp", 6443, true},
-			{"proxy-server (agents)", preflight.Reach, "tcp", 8132, true},
-		}},
-	} {
+	for _, tc := range planCases {
 		t.Run(tc.name, func(t *testing.T) {
 			tc.o.Ports = d
+			if tc.ports != nil {
+				tc.ports(&tc.o.Ports)
+			}
 			checks, err := preflight.Plan(tc.o)
 			if err != nil {
 				t.Fatal(err)
@@ -147,6 +195,8 @@ func TestPlan(t *testing.T) {
 		"bad provider":      {Role: preflight.Worker, Provider: "weave", Controllers: []string{"c"}},
 		"bad calico mode":   {Role: preflight.Worker, Provider: cni.Calico, CalicoMode: "geneve", Controllers: []string{"c"}},
 		"worker, no contrl": {Role: preflight.Worker, Provider: cni.KubeRouter},
+		"proxy-server on a worker": {Role: preflight.Worker, Provider: cni.KubeRouter, Controllers: []string{"c"},
+			NotInstalled: []preflight.Component{preflight.ProxyServer}},
 	} {
 		if _, err := preflight.Plan(o); err == nil {
 			t.Errorf("%s: planned without error", name)
@@ -174,7 +224,8 @@ func TestWorkerPassesAndFails(t *testing.T) {
 	_, apiserver := listenTCP(t)
 	agentPort := closedTCPPort(t)
 	o := preflight.Options{Role: preflight.Worker, Provider: cni.Custom, Controllers: []string{"127.0.0.1"}, Ports: preflight.DefaultPorts()}
-	o.Ports.Kubelet, o.Ports.APIServer, o.Ports.Konnectivity = kubelet, apiserver, agentPort
+	o.Ports.Kubelet, o.Ports.APIServer, o.Ports.Agent = kubelet, apiserver, agentPort
+	o.Ports.Admin, o.Ports.Health = 0, 0 // turned off: not checked
 
 	rs := run(t, o)
 	if r := byTarget(t, rs, "kubelet", preflight.Listen, kubelet); r.Status != preflight.OK {
@@ -223,15 +274,24 @@ func TestControllerListenChecks(t *testing.T) {
 	_, apiserver := listenTCP(t)
 	down := closedTCPPort(t)
 	o := preflight.Options{Role: preflight.Controller, Provider: cni.KubeRouter, Ports: preflight.DefaultPorts()}
-	o.Ports.APIServer, o.Ports.Konnectivity = apiserver, down
+	o.Ports.APIServer, o.Ports.Agent = apiserver, down
 	o.Ports.Etcd, o.Ports.K0sAPI = closedTCPPort(t), closedTCPPort(t)
+	_, o.Ports.Admin = listenTCP(t)
+	o.Ports.Health = closedTCPPort(t)
 
 	rs := run(t, o)
 	if r := byTarget(t, rs, "kube-apiserver", preflight.Listen, apiserver); r.Status != preflight.OK {
 		t.Errorf("listening apiserver: %s %s", r.Status, r.Detail)
 	}
-	if r := byTarget(t, rs, "proxy-server (agents)", preflight.Listen, down); r.Status != preflight.Fail || !strings.Contains(r.Detail, "nothing listens") {
+	if r := byTarget(t, rs, "proxy-server (agents)", preflight.Listen, down); r.Status != preflight.Fail || !strings.Contains(r.Detail, "nothing listens") ||
+		!strings.Contains(r.Detail, "proxy-server should be running") {
 		t.Errorf("proxy-server down: %s %s", r.Status, r.Detail)
+	}
+	if r := byTarget(t, rs, "proxy-server (admin)", preflight.Listen, o.Ports.Admin); r.Status != preflight.OK {
+		t.Errorf("admin port listening: %s %s", r.Status, r.Detail)
+	}
+	if r := byTarget(t, rs, "proxy-server (health)", preflight.Listen, o.Ports.Health); r.Status != preflight.Fail || !strings.Contains(r.Fix, "--health-port="+strconv.Itoa(o.Ports.Health)) {
+		t.Errorf("health port down: %s %s, fix %q", r.Status, r.Detail, r.Fix)
 	}
 	if r := byTarget(t, rs, "etcd peers", preflight.Listen, o.Ports.Etcd); r.Status != preflight.Warn {
 		t.Errorf("etcd on a single controller: %s, want warn (optional)", r.Status)
@@ -251,7 +311,7 @@ func TestControllerListenChecks(t *testing.T) {
 	}
 	defer c.Close()
 	ln.Close()
-	o.Ports.Konnectivity = port
+	o.Ports.Agent = port
 	if r := byTarget(t, run(t, o), "proxy-server (agents)", preflight.Listen, port); r.Status != preflight.Fail {
 		t.Errorf("only a connection on port %d, no listener: %s", port, r.Status)
 	}
@@ -310,5 +370,50 @@ func TestReachHonoursCancel(t *testing.T) {
 	rs := preflight.Runner{Timeout: time.Second}.Run(ctx, checks)
 	if rs[0].Status != preflight.Fail || time.Since(start) > 2*time.Second {
 		t.Errorf("expired probe: %s %s after %v", rs[0].Status, rs[0].Detail, time.Since(start))
+	}
+}
+
+// TestFreeChecks: the ports of a component not installed yet must be free.
+// A port something else holds fails (tcp listener, udp socket), with the
+// way to find it; a free one passes; the table says "must be free" where
+// an installed component's says "must listen".
+func TestFreeChecks(t *testing.T) {
+	_, apiserver := listenTCP(t)
+	_, taken := listenTCP(t)
+	o := preflight.Options{Role: preflight.Controller, Provider: cni.KubeRouter, Ports: preflight.DefaultPorts(),
+		NotInstalled: preflight.DefaultNotInstalled(preflight.Controller)}
+	o.Ports.APIServer, o.Ports.Agent, o.Ports.Admin, o.Ports.Health = apiserver, taken, closedTCPPort(t), 0
+	rs := run(t, o)
+	r := byTarget(t, rs, "proxy-server (agents)", preflight.Free, taken)
+	if r.Status != preflight.Fail || !strings.Contains(r.Detail, "in use") || !strings.Contains(r.Detail, "before proxy-server is installed") ||
+		!strings.Contains(r.Fix, "ss -tlnp 'sport = :"+strconv.Itoa(taken)+"'") {
+		t.Errorf("agent port taken before proxy-server is installed: %s %s, fix %q", r.Status, r.Detail, r.Fix)
+	}
+	if r := byTarget(t, rs, "proxy-server (admin)", preflight.Free, o.Ports.Admin); r.Status != preflight.OK || !strings.Contains(r.Detail, "free") {
+		t.Errorf("free admin port: %s %s", r.Status, r.Detail)
+	}
+	if r := byTarget(t, rs, "kube-apiserver", preflight.Listen, apiserver); r.Status != preflight.OK {
+		t.Errorf("kube-apiserver, installed, listening: %s %s", r.Status, r.Detail)
+	}
+	var buf bytes.Buffer
+	if err := preflight.Print(&buf, rs); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"must be free", "must listen", "(must be free): proxy-server is not installed yet"} {
+		if !strings.Contains(buf.String(), want) {
+			t.Errorf("table lacks %q:\n%s", want, buf.String())
+		}
+	}
+
+	pc, bound := listenUDP(t)
+	w := preflight.Options{Role: preflight.Worker, Provider: cni.Calico, Controllers: []string{"127.0.0.1"}, Ports: preflight.DefaultPorts(),
+		NotInstalled: []preflight.Component{preflight.PodNetwork}}
+	w.Ports.VXLAN = bound
+	if r := byTarget(t, run(t, w), "Calico VXLAN", preflight.Free, bound); r.Status != preflight.Fail || !strings.Contains(r.Detail, "already bound") {
+		t.Errorf("vxlan port bound before calico-node is installed: %s %s", r.Status, r.Detail)
+	}
+	pc.Close()
+	if r := byTarget(t, run(t, w), "Calico VXLAN", preflight.Free, bound); r.Status != preflight.OK {
+		t.Errorf("vxlan port free: %s %s", r.Status, r.Detail)
 	}
 }

@@ -79,6 +79,8 @@ func (r Runner) run(ctx context.Context, c Check) (Status, string) {
 	switch c.Kind {
 	case Listen:
 		return r.listening(c)
+	case Free:
+		return r.free(c)
 	case Reach:
 		ctx, cancel := context.WithTimeout(ctx, r.Timeout)
 		defer cancel()
@@ -90,27 +92,48 @@ func (r Runner) run(ctx context.Context, c Check) (Status, string) {
 	return Info, "not probed"
 }
 
-func (r Runner) listening(c Check) (Status, string) {
+// inUse reports whether a socket listens on (tcp) or is bound to (udp)
+// c's port on this host, in either address family.
+func (r Runner) inUse(c Check) (bool, error) {
 	files := []string{"tcp", "tcp6"}
 	if c.Proto == "udp" {
 		files = []string{"udp", "udp6"}
 	}
 	for _, f := range files {
 		found, err := portInTable(r.ProcNet+"/"+f, c.Port, c.Proto == "tcp")
-		if err != nil {
-			return Fail, fmt.Sprintf("cannot read the socket table: %v", err)
-		}
-		if found {
-			if c.Proto == "tcp" {
-				return OK, "listening"
-			}
-			return OK, "bound"
+		if err != nil || found {
+			return found, err
 		}
 	}
-	if c.Proto == "tcp" {
-		return Fail, "nothing listens on this port"
+	return false, nil
+}
+
+func (r Runner) listening(c Check) (Status, string) {
+	found, err := r.inUse(c)
+	switch {
+	case err != nil:
+		return Fail, fmt.Sprintf("cannot read the socket table: %v", err)
+	case found && c.Proto == "tcp":
+		return OK, "listening"
+	case found:
+		return OK, "bound"
+	case c.Proto == "tcp":
+		return Fail, fmt.Sprintf("nothing listens on this port: %s should be running", c.Component)
 	}
-	return Fail, "nothing is bound to this port"
+	return Fail, fmt.Sprintf("nothing is bound to this port: %s should be running", c.Component)
+}
+
+func (r Runner) free(c Check) (Status, string) {
+	found, err := r.inUse(c)
+	switch {
+	case err != nil:
+		return Fail, fmt.Sprintf("cannot read the socket table: %v", err)
+	case !found:
+		return OK, fmt.Sprintf("free, for %s (not installed yet)", c.Component)
+	case c.Proto == "tcp":
+		return Fail, fmt.Sprintf("in use: something already listens on this port, before %s is installed", c.Component)
+	}
+	return Fail, fmt.Sprintf("in use: something is already bound to this port, before %s is installed", c.Component)
 }
 
 // portInTable reports whether a socket of a /proc/net/{tcp,udp}[6] table
@@ -208,7 +231,7 @@ func Print(w io.Writer, rs []Result) error {
 		if !r.Required {
 			req = "no"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", r.Status, r.Service, r.Kind, r.Target(), req, r.Detail)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", r.Status, r.Service, r.Kind.Describe(), r.Target(), req, r.Detail)
 	}
 	if err := tw.Flush(); err != nil {
 		return err
@@ -216,7 +239,7 @@ func Print(w io.Writer, rs []Result) error {
 	var fixes []string
 	for _, r := range rs {
 		if r.Status == Fail || r.Status == Warn {
-			fixes = append(fixes, fmt.Sprintf("  %s %s %s: %s", r.Status, r.Service, r.Target(), r.Fix))
+			fixes = append(fixes, fmt.Sprintf("  %s %s %s (%s): %s", r.Status, r.Service, r.Target(), r.Kind.Describe(), r.Fix))
 		}
 	}
 	if len(fixes) > 0 {

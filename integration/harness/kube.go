@@ -3,17 +3,13 @@ package harness
 import (
 	"bytes"
 	"context"
-	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
-	"encoding/hex"
 	"fmt"
 	"io"
 	"net/http"
 	"os"
 	"os/exec"
-	"path/filepath"
-	"runtime"
 	"strconv"
 	"strings"
 	"testing"
@@ -36,47 +32,11 @@ func RequireKube(t testing.TB) {
 }
 
 // KubeAPIServerBinary builds kube-apiserver KubeVersion once per machine and
-// returns its path. The binary is cached under the user cache directory,
-// keyed by the builder module's go.mod and go.sum; the first build takes
+// returns its path (BuildTool: cached under the user cache directory,
+// keyed by the builder module's go.mod and go.sum); the first build takes
 // about 10 minutes on 2 cores, later ones (or a warm Go build cache) seconds.
 func KubeAPIServerBinary(t testing.TB) string {
 	t.Helper()
-	_, self, _, ok := runtime.Caller(0)
-	if !ok {
-		t.Fatal("cannot find the harness source to locate the kube-apiserver builder module")
-	}
-	modDir := filepath.Join(filepath.Dir(self), "..", "kubeapiserver")
-	h := sha256.New()
-	for _, f := range []string{"go.mod", "go.sum"} {
-		b, err := os.ReadFile(filepath.Join(modDir, f))
-		if err != nil {
-			t.Fatalf("kube-apiserver builder module: %v", err)
-		}
-		h.Write(b)
-	}
-	cache, err := os.UserCacheDir()
-	if err != nil {
-		cache = os.TempDir()
-	}
-	dir := filepath.Join(cache, "isthmus")
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	bin := filepath.Join(dir, "kube-apiserver-"+KubeVersion+"-"+hex.EncodeToString(h.Sum(nil))[:12])
-	if _, err := os.Stat(bin); err == nil {
-		return bin
-	}
-	// One build at a time on this machine: another test package may be
-	// building it now (up to the build's own 40-minute bound).
-	unlock := bhLock(t, bin+".lock", 45*time.Minute)
-	defer unlock()
-	if _, err := os.Stat(bin); err == nil {
-		return bin // another test process built it while we waited
-	}
-	t.Logf("building kube-apiserver %s from the Go module proxy into %s (about 10 minutes on 2 cores the first time)", KubeVersion, bin)
-	start := time.Now()
-	ctx, cancel := context.WithTimeout(context.Background(), 40*time.Minute)
-	defer cancel()
 	major, minor, _ := strings.Cut(strings.TrimPrefix(KubeVersion, "v"), ".")
 	minor, _, _ = strings.Cut(minor, ".")
 	ldflags := strings.Join([]string{
@@ -86,17 +46,10 @@ func KubeAPIServerBinary(t testing.TB) string {
 		"-X k8s.io/component-base/version.gitTreeState=clean",
 		"-X k8s.io/client-go/pkg/version.gitVersion=" + KubeVersion,
 	}, " ")
-	cmd := exec.CommandContext(ctx, "go", "build", "-trimpath", "-ldflags", ldflags, "-o", bin+".tmp", "k8s.io/kubernetes/cmd/kube-apiserver")
-	cmd.Dir = modDir
-	cmd.Env = append(os.Environ(), "GOWORK=off", "GOFLAGS=-mod=readonly")
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("build kube-apiserver: %v\n%s", err, out)
-	}
-	if err := os.Rename(bin+".tmp", bin); err != nil {
-		t.Fatal(err)
-	}
-	t.Logf("built kube-apiserver in %v", time.Since(start).Round(time.Second))
-	return bin
+	return BuildTool(t, Tool{
+		Name: "kube-apiserver-" + KubeVersion, Module: "kubeapiserver", Package: "k8s.io/kubernetes/cmd/kube-apiserver",
+		LDFlags: ldflags, Timeout: 40 * time.Minute, FirstBuild: "about 10 minutes on 2 cores",
+	})
 }
 
 // StartEtcd runs an etcd for one test on loopback and returns its client URL.

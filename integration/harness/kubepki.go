@@ -66,6 +66,18 @@ func (p *KubePKI) KubeletCert(t testing.TB, node, ip string) (cert, key string) 
 		IPs: []net.IP{net.ParseIP(ip)}, Server: true})
 }
 
+// IssueServing issues a serving certificate for the addresses ips, as
+// kubeadm's apiserver.crt (which proxy-server serves its agent port with in
+// kubeadm's konnectivity guide) is one.
+func (p *KubePKI) IssueServing(t testing.TB, name string, ips ...string) (cert, key string) {
+	t.Helper()
+	r := certs.Request{CommonName: name, Server: true}
+	for _, ip := range ips {
+		r.IPs = append(r.IPs, net.ParseIP(ip))
+	}
+	return p.issue(t, name, r)
+}
+
 // issue writes name-<n>.crt and .key: tests sharing the PKI may issue the
 // same name at once.
 func (p *KubePKI) issue(t testing.TB, name string, r certs.Request) (cert, key string) {

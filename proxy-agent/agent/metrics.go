@@ -65,7 +65,7 @@ func newMetrics(a *Agent) *metrics {
 	}, []string{"version", "commit", "goversion"})
 	build.WithLabelValues(bi.Version, bi.Commit, bi.GoVersion).Set(1)
 	m.reg.MustRegister(m.dialDuration, m.dialFailures, m.connectFailures, m.streamFailures, m.bytes, build,
-		m.packets.packets, m.packets.errors,
+		m.packets.packets, m.packets.errors, m.packets.stalled,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Namespace: namespace, Subsystem: subsystem, Name: "open_server_connections",
 			Help: "Tunnels to proxy-servers currently held.",
@@ -89,6 +89,11 @@ func newMetrics(a *Agent) *metrics {
 	}
 	return m
 }
+
+// MetricsRegistry is the agent's own registry, served on /metrics (for
+// tools that list its metrics, such as the docs generator; nothing else
+// should register on it).
+func (a *Agent) MetricsRegistry() *prometheus.Registry { return a.metrics.reg }
 
 // dialFailureLabel is a reason as ANP's agent labels it where the meaning
 // is the same ("unknown" for anything else).
@@ -117,6 +122,7 @@ func (m *metrics) spliced(r splice.Result) {
 type packetMetrics struct {
 	packets, errors *prometheus.CounterVec
 	failures        *prometheus.CounterVec
+	stalled         prometheus.Counter
 	sent, received  map[client.PacketType]prometheus.Counter
 }
 
@@ -125,6 +131,8 @@ func newPacketMetrics(failures *prometheus.CounterVec) *packetMetrics {
 		packets:  commonmetrics.MakeStreamPacketsTotalMetric(namespace, subsystem),
 		errors:   commonmetrics.MakeStreamErrorsTotalMetric(namespace, subsystem),
 		failures: failures,
+		stalled: prometheus.NewCounter(prometheus.CounterOpts{Namespace: namespace, Subsystem: subsystem, Name: "stalled_connections_total",
+			Help: "Connections on ANP links closed alone because their backend took no data for --conn-stall-timeout with a full receive queue (--conn-queue-bytes): the ANP wire has no flow control."}),
 		sent:     map[client.PacketType]prometheus.Counter{},
 		received: map[client.PacketType]prometheus.Counter{},
 	}
@@ -157,3 +165,5 @@ func (p *packetMetrics) StreamError(sent bool, t client.PacketType, err error) {
 	p.errors.WithLabelValues(string(segment), status.Code(err).String(), pt).Inc()
 	p.failures.WithLabelValues(direction).Inc()
 }
+
+func (p *packetMetrics) Stalled() { p.stalled.Inc() }

@@ -42,6 +42,7 @@ type metrics struct {
 	grpcConns     *prometheus.GaugeVec
 	streamPackets *prometheus.CounterVec
 	streamErrors  *prometheus.CounterVec
+	stalled       prometheus.Counter
 }
 
 func opts(name, help string) prometheus.Opts {
@@ -62,6 +63,8 @@ func newMetrics(cfg *Config, registry *routing.Registry, tracker *frontend.Track
 			"Dials through the tunnel that failed, by reason: no_agent and frontend_close (the client gave up) as in ANP; refused, unreachable, timeout, link_closed, policy, error.")), []string{"reason"}),
 		frontendDial: prometheus.NewCounterVec(prometheus.CounterOpts(opts("frontend_dials_total",
 			"Dials requested by frontend clients, by frontend and result (ok or the failure reason).")), []string{"frontend", "result"}),
+		stalled: prometheus.NewCounter(prometheus.CounterOpts(opts("stalled_connections_total",
+			"Connections on ANP agent links closed alone because their client took no data for --conn-stall-timeout with a full receive queue (--conn-queue-bytes): the ANP wire has no flow control."))),
 		pendingDials: prometheus.NewGauge(prometheus.GaugeOpts(opts("pending_backend_dials",
 			"Dials through the tunnel waiting for the agent's answer."))),
 		grpcConns: prometheus.NewGaugeVec(prometheus.GaugeOpts(opts("grpc_connections",
@@ -79,7 +82,7 @@ func newMetrics(cfg *Config, registry *routing.Registry, tracker *frontend.Track
 	for _, method := range []string{"Proxy", "Connect"} {
 		m.grpcConns.WithLabelValues(method)
 	}
-	m.reg.MustRegister(m.dialDuration, m.dialFailures, m.frontendDial, m.pendingDials, m.grpcConns,
+	m.reg.MustRegister(m.dialDuration, m.dialFailures, m.frontendDial, m.pendingDials, m.grpcConns, m.stalled,
 		m.streamPackets, m.streamErrors, buildInfo,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts(opts("ready_backend_connections",
 			"Agent links the server can route to (deprecated upstream: see ready_backends).")),
@@ -103,6 +106,11 @@ func newMetrics(cfg *Config, registry *routing.Registry, tracker *frontend.Track
 	}
 	return m
 }
+
+// MetricsRegistry is the server's own registry, served on /metrics (for
+// tools that list its metrics, such as the docs generator; nothing else
+// should register on it).
+func (s *Server) MetricsRegistry() *prometheus.Registry { return s.metrics.reg }
 
 func (m *metrics) observeDial(frontend string, r link.Reason, took time.Duration) {
 	if r == "" {
@@ -170,3 +178,5 @@ func (o streamObserver) StreamError(sent bool, t client.PacketType, err error) {
 	}
 	o.m.streamErrors.WithLabelValues(o.segment(sent), status.Code(err).String(), pt).Inc()
 }
+
+func (o streamObserver) Stalled() { o.m.stalled.Inc() }

@@ -106,12 +106,16 @@ func (e *endpoint) recv() (*client.Packet, error) {
 type Observer interface {
 	Packet(sent bool, t client.PacketType)
 	StreamError(sent bool, t client.PacketType, err error)
+	// Stalled: a connection was closed alone because its reader took no
+	// data for the stall timeout with its receive queue full.
+	Stalled()
 }
 
 type noObserver struct{}
 
 func (noObserver) Packet(bool, client.PacketType)             {}
 func (noObserver) StreamError(bool, client.PacketType, error) {}
+func (noObserver) Stalled()                                   {}
 
 // sendLater queues a control packet for the control sender, so that the
 // reader never blocks on a send (two readers blocked on sends to each other
@@ -203,6 +207,7 @@ func (e *endpoint) deliver(id int64, b []byte) (known bool) {
 		return false
 	}
 	if !c.q.push(b, e.stall, e.done) {
+		e.obs.Stalled()
 		e.log.Warn("closing connection: its reader stalled with a full receive queue (the ANP wire has no flow control)",
 			"conn", id, "queueBytes", e.queueLimit, "stall", e.stall)
 		c.closeRemote(fmt.Errorf("connection %d: %w (%d bytes queued, reader stalled %v)", id, link.ErrQueueOverflow, e.queueLimit, e.stall))

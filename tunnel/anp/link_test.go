@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -270,7 +271,8 @@ func TestCancelledDialReachesAgent(t *testing.T) {
 // alone; another connection on the same link keeps working.
 func TestQueueOverflowClosesOnlyThatConnection(t *testing.T) {
 	addr, _ := echoServer(t)
-	p := newPair(t, ServerOptions{QueueBytes: 64 << 10}, AgentOptions{}, loopbackDial)
+	obs := &countingObserver{}
+	p := newPair(t, ServerOptions{QueueBytes: 64 << 10, Observer: obs}, AgentOptions{}, loopbackDial)
 	stalled, err := p.server.Dial(dialCtx(t), addr)
 	if err != nil {
 		t.Fatal(err)
@@ -296,7 +298,22 @@ func TestQueueOverflowClosesOnlyThatConnection(t *testing.T) {
 	if _, err := io.ReadFull(other, got); err != nil || string(got) != "still here" {
 		t.Fatalf("other connection: %q, %v", got, err)
 	}
+	if n := obs.stalled.Load(); n != 1 {
+		t.Fatalf("the observer saw %d stalled connections; want 1", n)
+	}
+	if obs.packets.Load() == 0 {
+		t.Fatal("the observer saw no packet")
+	}
 }
+
+// countingObserver counts what an Observer is told.
+type countingObserver struct {
+	packets, errors, stalled atomic.Int64
+}
+
+func (o *countingObserver) Packet(bool, client.PacketType)             { o.packets.Add(1) }
+func (o *countingObserver) StreamError(bool, client.PacketType, error) { o.errors.Add(1) }
+func (o *countingObserver) Stalled()                                   { o.stalled.Add(1) }
 
 // When the link ends, open connections fail and new dials fail fast.
 func TestLinkEndFailsConnections(t *testing.T) {

@@ -3,9 +3,7 @@ package main
 import (
 	"errors"
 	"fmt"
-	"io"
 	"io/fs"
-	"os"
 	"path/filepath"
 	"strings"
 	"time"
@@ -15,9 +13,9 @@ import (
 	"isthmus.dev/certs"
 )
 
-const certsUsage = `isthmus certs: the PKI of the tunnel, as files in one directory (--dir,
-default ./pki). Every command prints the files it wrote and the daemon flags
-that take them.
+const certsUsage = `isthmus certs: the PKI of the tunnel, as files in one directory (--dir DIR,
+required: nothing is written into the current directory unasked). Every
+command prints the files it wrote and the daemon flags that take them.
 
 Commands:
   ca                a CA                          DIR/ca.crt, DIR/ca.key
@@ -30,11 +28,12 @@ Commands:
   agent             an agent client certificate   DIR/agent.crt, .key
   kubeconfig        proxy-server's kubeconfig     DIR/proxy-server.kubeconfig
                     for kube-apiserver (signed by the Kubernetes CA)
-  check             report when each certificate expires; exit 2 when one
-                    expires within --warn-within
+  check             report when each certificate expires; exit status 1
+                    when one expires within --warn-within
 
 Keys are ECDSA P-256 unless --key-type rsa. Files are written atomically,
-keys with mode 0600; an existing file is never replaced without --force.
+keys with mode 0600. When any file a command would write exists, it writes
+nothing at all, unless --force.
 
 Run 'isthmus certs COMMAND --help' for a command's flags.
 `
@@ -49,32 +48,9 @@ var certsCommands = []command{
 	{"check", runCertsCheck},
 }
 
-func runCerts(args []string) error { return subDispatch("certs", certsUsage, certsCommands, args) }
-
-// subDispatch runs the subcommand args[0] of group.
-func subDispatch(group, usage string, cmds []command, args []string) error {
-	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
-		fmt.Fprint(os.Stderr, usage)
-		if len(args) == 0 {
-			return fmt.Errorf("%s: no command given", group)
-		}
-		return pflag.ErrHelp
-	}
-	for _, c := range cmds {
-		if c.name == args[0] {
-			return c.run(args[1:])
-		}
-	}
-	fmt.Fprint(os.Stderr, usage)
-	return fmt.Errorf("%s: unknown command %q", group, args[0])
+func runCerts(e env, args []string) error {
+	return subDispatch(e, "isthmus certs", certsUsage, certsCommands, args)
 }
-
-// stdout is where commands report; a variable for the tests.
-var stdout io.Writer = os.Stdout
-
-// DefaultPKIDir is where the certs commands write, and where egress render
-// looks for kube-apiserver's client certificate.
-const DefaultPKIDir = "pki"
 
 // outFlags are the flags of every command that writes files.
 type outFlags struct {
@@ -84,30 +60,28 @@ type outFlags struct {
 }
 
 func (o *outFlags) register(fs *pflag.FlagSet, name string) {
-	fs.StringVar(&o.dir, "dir", DefaultPKIDir, "directory to write into (created with mode 0700 if missing)")
+	fs.StringVar(&o.dir, "dir", "", "directory to write into, e.g. pki (required; created with mode 0700 if missing)")
 	fs.StringVar(&o.name, "name", name, "base name of the files written in --dir")
 	fs.BoolVar(&o.force, "force", false, "replace files that exist (without it, nothing is written if any of them exists)")
+}
+
+// check checks the flags after parsing.
+func (o *outFlags) check() error {
+	if o.dir == "" {
+		return required("--dir DIR", "the directory to write the files into (e.g. --dir pki; it is created if missing)")
+	}
+	if o.name == "" || strings.ContainsRune(o.name, filepath.Separator) {
+		return usageErrorf("--name %q: want a base name, without folders (the folder is --dir)", o.name)
+	}
+	return nil
 }
 
 func (o *outFlags) path(ext string) string { return filepath.Join(o.dir, o.name+ext) }
 
 // write writes files into --dir, or nothing if one exists and --force is
 // not given, and says what it wrote.
-func (o *outFlags) write(files []certs.File) error {
-	if err := os.MkdirAll(o.dir, 0o700); err != nil {
-		return fmt.Errorf("--dir: %w", err)
-	}
-	if err := certs.WriteFiles(files, o.force); err != nil {
-		var ee *certs.ExistsError
-		if errors.As(err, &ee) {
-			return fmt.Errorf("%s already exists: pass --force to replace it (nothing was written)", ee.Path)
-		}
-		return err
-	}
-	for _, f := range files {
-		fmt.Fprintf(stdout, "wrote %s (mode %04o)\n", abs(f.Path), f.Mode.Perm())
-	}
-	return nil
+func (o *outFlags) write(e env, files []certs.File) error {
+	return writeFiles(e, files, o.force, 0o700)
 }
 
 // keyFlags choose the key of a new certificate.
@@ -124,10 +98,10 @@ func (k *keyFlags) register(fs *pflag.FlagSet) {
 func (k *keyFlags) spec() (certs.KeySpec, error) {
 	s := certs.KeySpec{Type: certs.KeyType(k.keyType), RSABits: k.rsaBits}
 	if s.Type != certs.KeyRSA && k.rsaBits != 0 {
-		return s, errors.New("--rsa-bits is for --key-type rsa")
+		return s, usageErrorf("--rsa-bits is for --key-type rsa")
 	}
 	if err := s.Validate(); err != nil {
-		return s, fmt.Errorf("--key-type/--rsa-bits: %w", err)
+		return s, usageErrorf("--key-type/--rsa-bits: %w", err)
 	}
 	return s, nil
 }
@@ -151,6 +125,17 @@ func (f *issueFlags) register(fs *pflag.FlagSet, name, cn string) {
 	fs.DurationVar(&f.validity, "validity", certs.DefaultValidity, "validity from now (capped at the CA's expiry)")
 }
 
+// check checks the flags after parsing: usage errors.
+func (f *issueFlags) check() (certs.KeySpec, error) {
+	if err := f.outFlags.check(); err != nil {
+		return certs.KeySpec{}, err
+	}
+	if f.validity <= 0 {
+		return certs.KeySpec{}, usageErrorf("--validity %v: must be positive (e.g. 8760h)", f.validity)
+	}
+	return f.spec()
+}
+
 func (f *issueFlags) loadCA() (*certs.CA, error) {
 	if f.caCert == "" {
 		f.caCert = filepath.Join(f.dir, "ca.crt")
@@ -168,15 +153,9 @@ func (f *issueFlags) loadCA() (*certs.CA, error) {
 	return ca, nil
 }
 
-// issue signs r with the CA and writes DIR/NAME.crt and .key.
-func (f *issueFlags) issue(r certs.Request) (*certs.Pair, error) {
-	key, err := f.spec()
-	if err != nil {
-		return nil, err
-	}
-	if f.validity <= 0 {
-		return nil, fmt.Errorf("--validity %v: must be positive", f.validity)
-	}
+// issue signs r with the CA and writes DIR/NAME.crt and .key. key is
+// check's.
+func (f *issueFlags) issue(e env, key certs.KeySpec, r certs.Request) (*certs.Pair, error) {
 	ca, err := f.loadCA()
 	if err != nil {
 		return nil, err
@@ -186,53 +165,28 @@ func (f *issueFlags) issue(r certs.Request) (*certs.Pair, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := f.write(p.Files(f.path(".crt"), f.path(".key"))); err != nil {
+	if err := f.write(e, p.Files(f.path(".crt"), f.path(".key"))); err != nil {
 		return nil, err
 	}
-	describe(p, key, ca)
+	describe(e, p, key, ca)
 	return p, nil
 }
 
-func describe(p *certs.Pair, key certs.KeySpec, ca *certs.CA) {
+func describe(e env, p *certs.Pair, key certs.KeySpec, ca *certs.CA) {
 	c := p.Cert
 	var sans []string
 	sans = append(sans, c.DNSNames...)
 	for _, ip := range c.IPAddresses {
 		sans = append(sans, ip.String())
 	}
-	fmt.Fprintf(stdout, "  subject %q, %s key, signed by %q, valid until %s\n",
+	fmt.Fprintf(e.Stdout, "  subject %q, %s key, signed by %q, valid until %s\n",
 		c.Subject.CommonName, key, ca.Cert.Subject.CommonName, c.NotAfter.UTC().Format(time.RFC3339))
 	if len(sans) > 0 {
-		fmt.Fprintf(stdout, "  names (SANs): %s\n", strings.Join(sans, ", "))
+		fmt.Fprintf(e.Stdout, "  names (SANs): %s\n", strings.Join(sans, ", "))
 	}
 }
 
-func abs(p string) string {
-	if a, err := filepath.Abs(p); err == nil {
-		return a
-	}
-	return p
-}
-
-// newFlagSet is a flag set whose --help prints usage and the flags.
-func newFlagSet(name, usage string) *pflag.FlagSet {
-	fs := pflag.NewFlagSet(name, pflag.ContinueOnError)
-	fs.SortFlags = false
-	fs.Usage = func() { fmt.Fprint(os.Stderr, usage, "\nFlags:\n", fs.FlagUsages()) }
-	return fs
-}
-
-func parseNoArgs(fs *pflag.FlagSet, args []string) error {
-	if err := fs.Parse(args); err != nil {
-		return err
-	}
-	if fs.NArg() > 0 {
-		return fmt.Errorf("%s: unexpected arguments %q (everything is a flag)", fs.Name(), fs.Args())
-	}
-	return nil
-}
-
-const caUsage = `isthmus certs ca [--dir DIR] [--key-type ecdsa|rsa] [--force]
+const caUsage = `isthmus certs ca --dir DIR [--key-type ecdsa|rsa] [--force]
 
 Creates a self-signed CA: DIR/ca.crt (0644) and DIR/ca.key (0600), or
 DIR/NAME.crt and .key with --name. It signs every other certificate of the
@@ -242,10 +196,10 @@ server with it (--ca-cert); kube-apiserver verifies the frontend with it
 (the egress configuration's caBundle).
 `
 
-func runCertsCA(args []string) error {
+func runCertsCA(e env, args []string) error {
 	var o outFlags
 	var k keyFlags
-	fs := newFlagSet("isthmus certs ca", caUsage)
+	fs := newFlagSet(e, "isthmus certs ca", caUsage)
 	o.register(fs, "ca")
 	k.register(fs)
 	cn := fs.String("cn", "isthmus-ca", "subject common name of the CA")
@@ -253,28 +207,31 @@ func runCertsCA(args []string) error {
 	if err := parseNoArgs(fs, args); err != nil {
 		return err
 	}
+	if err := o.check(); err != nil {
+		return err
+	}
 	key, err := k.spec()
 	if err != nil {
 		return err
 	}
 	if *validity <= 0 {
-		return fmt.Errorf("--validity %v: must be positive", *validity)
+		return usageErrorf("--validity %v: must be positive (e.g. 87600h)", *validity)
 	}
 	ca, err := certs.NewCAFor(certs.CARequest{CommonName: *cn, Validity: *validity, Key: key})
 	if err != nil {
 		return err
 	}
 	crt, keyFile := o.path(".crt"), o.path(".key")
-	if err := o.write(ca.Files(crt, keyFile)); err != nil {
+	if err := o.write(e, ca.Files(crt, keyFile)); err != nil {
 		return err
 	}
-	fmt.Fprintf(stdout, "  CA %q, %s key, valid until %s\n", *cn, key, ca.Cert.NotAfter.UTC().Format(time.RFC3339))
-	fmt.Fprintf(stdout, "proxy-server: --cluster-ca-cert=%s (agents) --server-ca-cert=%s (kube-apiserver, TCP mode)\n", abs(crt), abs(crt))
-	fmt.Fprintf(stdout, "proxy-agent:  --ca-cert=%s\n", abs(crt))
+	fmt.Fprintf(e.Stdout, "  CA %q, %s key, valid until %s\n", *cn, key, ca.Cert.NotAfter.UTC().Format(time.RFC3339))
+	fmt.Fprintf(e.Stdout, "proxy-server: --cluster-ca-cert=%s (agents) --server-ca-cert=%s (kube-apiserver, TCP mode)\n", abs(crt), abs(crt))
+	fmt.Fprintf(e.Stdout, "proxy-agent:  --ca-cert=%s\n", abs(crt))
 	return nil
 }
 
-const agentPortUsage = `isthmus certs agent-port --host ADDR[,ADDR...] [--lb ADDR] [--dir DIR] [--force]
+const agentPortUsage = `isthmus certs agent-port --dir DIR --host ADDR[,ADDR...] [--lb ADDR] [--force]
 
 Issues proxy-server's server certificate for the agent port (8132), signed
 by DIR/ca.crt: DIR/agent-port.crt (0644) and DIR/agent-port.key (0600). Its
@@ -283,31 +240,35 @@ names (SANs) are every controller address (--host) and the load balancer's
 (--proxy-server-host). Extended key usage: serverAuth.
 `
 
-func runCertsAgentPort(args []string) error {
+func runCertsAgentPort(e env, args []string) error {
 	var f issueFlags
-	fs := newFlagSet("isthmus certs agent-port", agentPortUsage)
+	fs := newFlagSet(e, "isthmus certs agent-port", agentPortUsage)
 	f.register(fs, "agent-port", certs.AgentPortCN)
 	hosts := fs.StringSlice("host", nil, "controller address (IP or DNS name); repeat or separate with commas")
 	lb := fs.StringSlice("lb", nil, "load balancer address(es) in front of the controllers")
 	if err := parseNoArgs(fs, args); err != nil {
 		return err
 	}
+	key, err := f.check()
+	if err != nil {
+		return err
+	}
 	all := append(append([]string{}, *hosts...), *lb...)
 	if len(all) == 0 {
-		return errors.New("agent-port: give every controller address with --host (and the load balancer's with --lb): agents check the name they dial against the certificate")
+		return required("--host", "every controller address (and the load balancer's with --lb): agents check the name they dial against the certificate")
 	}
 	r, err := certs.ServerRequest(f.cn, all)
 	if err != nil {
-		return fmt.Errorf("--host/--lb: %w", err)
+		return usageErrorf("--host/--lb: %w", err)
 	}
-	if _, err := f.issue(r); err != nil {
+	if _, err := f.issue(e, key, r); err != nil {
 		return err
 	}
-	fmt.Fprintf(stdout, "proxy-server: --cluster-cert=%s --cluster-key=%s\n", abs(f.path(".crt")), abs(f.path(".key")))
+	fmt.Fprintf(e.Stdout, "proxy-server: --cluster-cert=%s --cluster-key=%s\n", abs(f.path(".crt")), abs(f.path(".key")))
 	return nil
 }
 
-const frontendUsage = `isthmus certs frontend [--host ADDR[,ADDR...]] [--dir DIR] [--force]
+const frontendUsage = `isthmus certs frontend --dir DIR [--host ADDR[,ADDR...]] [--force]
 
 Issues proxy-server's server certificate for its frontend in TCP mode
 (kube-apiserver connecting over HTTPS with a client certificate), signed by
@@ -316,51 +277,59 @@ DIR/ca.crt: DIR/frontend.crt (0644) and DIR/frontend.key (0600). Names
 same machine). Extended key usage: serverAuth.
 `
 
-func runCertsFrontend(args []string) error {
+func runCertsFrontend(e env, args []string) error {
 	var f issueFlags
-	fs := newFlagSet("isthmus certs frontend", frontendUsage)
+	fs := newFlagSet(e, "isthmus certs frontend", frontendUsage)
 	f.register(fs, "frontend", certs.FrontendCN)
 	hosts := fs.StringSlice("host", certs.LoopbackHosts, "address kube-apiserver dials (IP or DNS name); repeat or separate with commas")
 	if err := parseNoArgs(fs, args); err != nil {
 		return err
 	}
-	r, err := certs.ServerRequest(f.cn, *hosts)
+	key, err := f.check()
 	if err != nil {
-		return fmt.Errorf("--host: %w", err)
-	}
-	if _, err := f.issue(r); err != nil {
 		return err
 	}
-	fmt.Fprintf(stdout, "proxy-server: --server-cert=%s --server-key=%s --server-ca-cert=%s\n",
+	r, err := certs.ServerRequest(f.cn, *hosts)
+	if err != nil {
+		return usageErrorf("--host: %w", err)
+	}
+	if _, err := f.issue(e, key, r); err != nil {
+		return err
+	}
+	fmt.Fprintf(e.Stdout, "proxy-server: --server-cert=%s --server-key=%s --server-ca-cert=%s\n",
 		abs(f.path(".crt")), abs(f.path(".key")), abs(f.caCert))
 	return nil
 }
 
-const apiserverClientUsage = `isthmus certs apiserver-client [--dir DIR] [--force]
+const apiserverClientUsage = `isthmus certs apiserver-client --dir DIR [--force]
 
 Issues kube-apiserver's client certificate for proxy-server's frontend in
 TCP mode (HTTPConnect over TCP with mutual TLS), signed by DIR/ca.crt:
 DIR/apiserver-client.crt (0644) and DIR/apiserver-client.key (0600).
-Extended key usage: clientAuth. 'isthmus egress render --transport tcp'
-puts them in the egress configuration (clientCert, clientKey).
+Extended key usage: clientAuth. 'isthmus egress render --transport tcp
+--pki-dir DIR' puts them in the egress configuration (clientCert, clientKey).
 `
 
-func runCertsAPIServerClient(args []string) error {
+func runCertsAPIServerClient(e env, args []string) error {
 	var f issueFlags
-	fs := newFlagSet("isthmus certs apiserver-client", apiserverClientUsage)
+	fs := newFlagSet(e, "isthmus certs apiserver-client", apiserverClientUsage)
 	f.register(fs, "apiserver-client", certs.APIServerClientCN)
 	if err := parseNoArgs(fs, args); err != nil {
 		return err
 	}
-	if _, err := f.issue(certs.ClientRequest(f.cn)); err != nil {
+	key, err := f.check()
+	if err != nil {
 		return err
 	}
-	fmt.Fprintf(stdout, "isthmus egress render: --client-cert=%s --client-key=%s --ca-bundle=%s\n",
+	if _, err := f.issue(e, key, certs.ClientRequest(f.cn)); err != nil {
+		return err
+	}
+	fmt.Fprintf(e.Stdout, "isthmus egress render: --client-cert=%s --client-key=%s --ca-bundle=%s\n",
 		abs(f.path(".crt")), abs(f.path(".key")), abs(f.caCert))
 	return nil
 }
 
-const agentUsage = `isthmus certs agent [--name NAME] [--cn CN] [--group G] [--dir DIR] [--force]
+const agentUsage = `isthmus certs agent --dir DIR [--name NAME] [--cn CN] [--group G] [--force]
 
 Issues an agent's client certificate for the agent port, signed by
 DIR/ca.crt: DIR/agent.crt (0644) and DIR/agent.key (0600), or DIR/NAME.crt
@@ -368,17 +337,21 @@ and .key with --name (one per node, if you like). proxy-server verifies it
 with --cluster-ca-cert. Extended key usage: clientAuth.
 `
 
-func runCertsAgent(args []string) error {
+func runCertsAgent(e env, args []string) error {
 	var f issueFlags
-	fs := newFlagSet("isthmus certs agent", agentUsage)
+	fs := newFlagSet(e, "isthmus certs agent", agentUsage)
 	f.register(fs, "agent", certs.AgentCN)
 	groups := fs.StringSlice("group", nil, "subject organization(s)")
 	if err := parseNoArgs(fs, args); err != nil {
 		return err
 	}
-	if _, err := f.issue(certs.ClientRequest(f.cn, *groups...)); err != nil {
+	key, err := f.check()
+	if err != nil {
 		return err
 	}
-	fmt.Fprintf(stdout, "proxy-agent: --agent-cert=%s --agent-key=%s --ca-cert=%s\n", abs(f.path(".crt")), abs(f.path(".key")), abs(f.caCert))
+	if _, err := f.issue(e, key, certs.ClientRequest(f.cn, *groups...)); err != nil {
+		return err
+	}
+	fmt.Fprintf(e.Stdout, "proxy-agent: --agent-cert=%s --agent-key=%s --ca-cert=%s\n", abs(f.path(".crt")), abs(f.path(".key")), abs(f.caCert))
 	return nil
 }

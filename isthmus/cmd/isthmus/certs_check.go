@@ -13,56 +13,42 @@ import (
 	"isthmus.dev/certs/kubeconfig"
 )
 
-const checkUsage = `isthmus certs check [FILE...] [--dir DIR] [--warn-within 720h]
+const checkUsage = `isthmus certs check FILE... | --dir DIR [--warn-within 720h]
 
 Reports, for every certificate, when it expires and how long is left:
 the files given, or else every *.crt, *.pem, *.kubeconfig and *.conf in
 --dir (kubeconfigs: the certificates they embed or name). Writes nothing.
-Exit status: 0 when all are valid beyond --warn-within; 2 when any has
-expired, is not yet valid, or expires within --warn-within; 1 when a file
-cannot be read.
+Exit status: 0 when all are valid beyond --warn-within; 1 when any has
+expired, is not yet valid, or expires within --warn-within, or when a file
+cannot be read; 2 on a usage error.
 `
 
-// exitError ends the process with code after printing err.
-type exitError struct {
-	code int
-	err  error
-}
-
-func (e *exitError) Error() string { return e.err.Error() }
-func (e *exitError) Unwrap() error { return e.err }
-
-func runCertsCheck(args []string) error {
-	fs := newFlagSet("isthmus certs check", checkUsage)
-	dir := fs.String("dir", DefaultPKIDir, "directory to check when no FILE is given")
+func runCertsCheck(e env, args []string) error {
+	fs := newFlagSet(e, "isthmus certs check", checkUsage)
+	dir := fs.String("dir", "", "directory whose certificates to check, e.g. pki (when no FILE is given)")
 	warn := fs.Duration("warn-within", 720*time.Hour, "flag certificates that expire within this long")
-	if err := fs.Parse(args); err != nil {
+	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
 	if *warn < 0 {
-		return fmt.Errorf("--warn-within %v: must not be negative", *warn)
+		return usageErrorf("--warn-within %v: must not be negative (0 flags only the expired)", *warn)
 	}
 	files := fs.Args()
-	if len(files) == 0 {
+	switch {
+	case len(files) > 0 && *dir != "":
+		return usageErrorf("give FILE arguments or --dir, not both")
+	case len(files) == 0 && *dir == "":
+		return required("FILE or --dir DIR", "the certificates or kubeconfigs to check, or the directory holding them")
+	case len(files) == 0:
 		var err error
 		if files, err = certFiles(*dir); err != nil {
 			return err
 		}
 	}
-	now := time.Now()
-	var all []certs.Status
-	var errs []error
-	for _, f := range files {
-		st, err := checkOne(f, now, *warn)
-		if err != nil {
-			errs = append(errs, err)
-			continue
-		}
-		all = append(all, st...)
-	}
-	printStatuses(all)
-	if len(errs) > 0 {
-		return errors.Join(errs...)
+	all, err := checkFiles(files, *warn)
+	printStatuses(e, all)
+	if err != nil {
+		return err
 	}
 	if w := certs.Worst(all); w != certs.Valid {
 		n := 0
@@ -71,9 +57,26 @@ func runCertsCheck(args []string) error {
 				n++
 			}
 		}
-		return &exitError{code: 2, err: fmt.Errorf("check: %d of %d certificates expired, not yet valid or expiring within %v", n, len(all), *warn)}
+		return fmt.Errorf("%d of %d certificates expired, not yet valid or expiring within %v", n, len(all), *warn)
 	}
 	return nil
+}
+
+// checkFiles checks every file; the error joins those of the files that
+// could not be read.
+func checkFiles(files []string, warn time.Duration) ([]certs.Status, error) {
+	now := time.Now()
+	var all []certs.Status
+	var errs []error
+	for _, f := range files {
+		st, err := checkOne(f, now, warn)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		all = append(all, st...)
+	}
+	return all, errors.Join(errs...)
 }
 
 func certFiles(dir string) ([]string, error) {
@@ -113,8 +116,8 @@ func checkOne(path string, now time.Time, warn time.Duration) ([]certs.Status, e
 	return certs.CheckFile(path, now, warn)
 }
 
-func printStatuses(all []certs.Status) {
-	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+func printStatuses(e env, all []certs.Status) {
+	tw := tabwriter.NewWriter(e.Stdout, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "STATE\tNOT AFTER\tREMAINING\tSUBJECT\tSOURCE")
 	for _, s := range all {
 		subject := s.Subject

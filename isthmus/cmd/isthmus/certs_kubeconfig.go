@@ -1,7 +1,6 @@
 package main
 
 import (
-	"errors"
 	"fmt"
 	"os"
 	"strings"
@@ -11,7 +10,7 @@ import (
 	"isthmus.dev/certs/kubeconfig"
 )
 
-const kubeconfigUsage = `isthmus certs kubeconfig --server https://HOST:6443 [--kube-ca-cert F --kube-ca-key F] [--dir DIR] [--force]
+const kubeconfigUsage = `isthmus certs kubeconfig --dir DIR --server https://HOST:6443 [--kube-ca-cert F --kube-ca-key F] [--force]
 
 Writes proxy-server's kubeconfig for kube-apiserver (agent token reviews,
 leases): DIR/proxy-server.kubeconfig (0600; it holds a key), or
@@ -34,9 +33,9 @@ type kubeconfigOptions struct {
 	validity                                                  time.Duration
 }
 
-func parseCertsKubeconfig(args []string) (kubeconfigOptions, error) {
+func parseCertsKubeconfig(e env, args []string) (kubeconfigOptions, error) {
 	var o kubeconfigOptions
-	fs := newFlagSet("isthmus certs kubeconfig", kubeconfigUsage)
+	fs := newFlagSet(e, "isthmus certs kubeconfig", kubeconfigUsage)
 	o.outFlags.register(fs, "proxy-server")
 	o.keyFlags.register(fs)
 	fs.StringVar(&o.server, "server", "", "kube-apiserver's URL, https://host:port (required)")
@@ -52,11 +51,22 @@ func parseCertsKubeconfig(args []string) (kubeconfigOptions, error) {
 	if err := parseNoArgs(fs, args); err != nil {
 		return o, err
 	}
+	if err := o.outFlags.check(); err != nil {
+		return o, err
+	}
 	if o.server == "" {
-		return o, errors.New("kubeconfig: --server is required (kube-apiserver's https://host:port)")
+		return o, required("--server", "kube-apiserver's URL, https://host:port")
 	}
 	if (o.clientCert == "") != (o.clientKey == "") {
-		return o, errors.New("--client-cert and --client-key go together")
+		return o, usageErrorf("--client-cert and --client-key go together: give both or neither")
+	}
+	if o.validity <= 0 {
+		return o, usageErrorf("--validity %v: must be positive (e.g. 8760h)", o.validity)
+	}
+	if o.clientCert == "" {
+		if _, err := o.spec(); err != nil {
+			return o, err
+		}
 	}
 	if o.apiserverCA == "" {
 		o.apiserverCA = o.kubeCACert
@@ -64,8 +74,8 @@ func parseCertsKubeconfig(args []string) (kubeconfigOptions, error) {
 	return o, nil
 }
 
-func runCertsKubeconfig(args []string) error {
-	o, err := parseCertsKubeconfig(args)
+func runCertsKubeconfig(e env, args []string) error {
+	o, err := parseCertsKubeconfig(e, args)
 	if err != nil {
 		return err
 	}
@@ -74,7 +84,7 @@ func runCertsKubeconfig(args []string) error {
 		return fmt.Errorf("--apiserver-ca: %w", err)
 	}
 	cfg := kubeconfig.Config{Server: o.server, ServerCA: serverCA, TLSServerName: o.tlsServerName, User: o.user}
-	issued, err := o.clientPair(&cfg)
+	issued, err := o.clientPair(e, &cfg)
 	if err != nil {
 		return err
 	}
@@ -83,13 +93,13 @@ func runCertsKubeconfig(args []string) error {
 		return err
 	}
 	path := o.path(".kubeconfig")
-	if err := o.write([]certs.File{{Path: path, Data: b, Mode: 0o600}}); err != nil {
+	if err := o.write(e, []certs.File{{Path: path, Data: b, Mode: 0o600}}); err != nil {
 		return err
 	}
 	issued()
-	fmt.Fprintf(stdout, "proxy-server: --kubeconfig=%s\n", abs(path))
-	fmt.Fprintf(stdout, "kube-apiserver sees user %q; for agent token reviews bind it to system:auth-delegator:\n", o.user)
-	fmt.Fprintf(stdout, "  kubectl create clusterrolebinding %s --clusterrole=system:auth-delegator --user=%s\n",
+	fmt.Fprintf(e.Stdout, "proxy-server: --kubeconfig=%s\n", abs(path))
+	fmt.Fprintf(e.Stdout, "kube-apiserver sees user %q; for agent token reviews bind it to system:auth-delegator:\n", o.user)
+	fmt.Fprintf(e.Stdout, "  kubectl create clusterrolebinding %s --clusterrole=system:auth-delegator --user=%s\n",
 		strings.ReplaceAll(o.user, ":", "-"), o.user)
 	return nil
 }
@@ -97,7 +107,7 @@ func runCertsKubeconfig(args []string) error {
 // clientPair puts the client certificate and key into cfg: read from
 // --client-cert/--client-key, or issued by the Kubernetes CA (then the
 // returned func describes it).
-func (o *kubeconfigOptions) clientPair(cfg *kubeconfig.Config) (func(), error) {
+func (o *kubeconfigOptions) clientPair(e env, cfg *kubeconfig.Config) (func(), error) {
 	var err error
 	if o.clientCert != "" {
 		if cfg.ClientCert, err = os.ReadFile(o.clientCert); err != nil {
@@ -123,5 +133,5 @@ func (o *kubeconfigOptions) clientPair(cfg *kubeconfig.Config) (func(), error) {
 		return nil, err
 	}
 	cfg.ClientCert, cfg.ClientKey = p.CertPEM, p.KeyPEM
-	return func() { describe(p, key, ca) }, nil
+	return func() { describe(e, p, key, ca) }, nil
 }

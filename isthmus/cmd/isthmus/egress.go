@@ -1,8 +1,8 @@
 package main
 
 import (
-	"errors"
 	"fmt"
+	"io"
 	"net/url"
 	"path/filepath"
 	"strings"
@@ -32,14 +32,16 @@ var egressCommands = []command{
 	{"validate", runEgressValidate},
 }
 
-func runEgress(args []string) error { return subDispatch("egress", egressUsage, egressCommands, args) }
+func runEgress(e env, args []string) error {
+	return subDispatch(e, "isthmus egress", egressUsage, egressCommands, args)
+}
 
-const egressRenderUsage = `isthmus egress render [--mode grpc|http-connect] [--transport uds|tcp] [flags]
+const egressRenderUsage = `isthmus egress render --out FILE|- [--mode grpc|http-connect] [--transport uds|tcp] [flags]
 
-Writes kube-apiserver's egress configuration to --out (default
-./egress-selector-configuration.yaml, mode 0644; never over an existing
-file without --force; "-" prints it instead) and prints the flags to add
-to kube-apiserver (--egress-selector-config-file, --api-audiences with the
+Writes kube-apiserver's egress configuration to --out FILE (required; mode
+0644; never over an existing file without --force), or prints it alone to
+stdout with --out - . With a FILE it then prints the flags to add to
+kube-apiserver (--egress-selector-config-file, --api-audiences with the
 agents' token audience) and those proxy-server needs to match: its
 frontend, and how it authenticates agents: by their service-account tokens
 (kubeadm's and k0s's way: --agent-namespace, --agent-service-account,
@@ -60,6 +62,10 @@ certificate from 'isthmus certs' in --pki-dir; relative paths are made
 absolute (kube-apiserver reads them from its own working directory).
 `
 
+// DefaultServerKubeconfig is proxy-server's kubeconfig on a control-plane
+// node, as kubeadm's guide and the manifests place it.
+const DefaultServerKubeconfig = "/etc/kubernetes/konnectivity-server.conf"
+
 // renderOptions are the parsed flags of egress render.
 type renderOptions struct {
 	cfg        egress.Config
@@ -72,32 +78,35 @@ type renderOptions struct {
 	agentNamespace, agentServiceAccount, kubeconfig string
 }
 
-func parseEgressRender(args []string) (renderOptions, error) {
-	fs := newFlagSet("isthmus egress render", egressRenderUsage)
+func parseEgressRender(e env, args []string) (renderOptions, error) {
+	fs := newFlagSet(e, "isthmus egress render", egressRenderUsage)
 	var o renderOptions
 	c := &o.cfg
 	mode := fs.String("mode", string(egress.ModeGRPC), "grpc or http-connect (proxy-server's --mode)")
 	transport := fs.String("transport", string(egress.TransportUDS), "uds or tcp")
 	fs.StringVar(&c.UDSName, "uds-name", "", "proxy-server's frontend socket, an absolute path (UDS; default "+egress.DefaultUDSName+")")
 	fs.StringVar(&c.URL, "url", "", "proxy-server's frontend, https://host:port (TCP)")
-	pkiDir := fs.String("pki-dir", DefaultPKIDir, "where 'isthmus certs' wrote ca.crt and apiserver-client.crt/.key (TCP)")
+	pkiDir := fs.String("pki-dir", "", "where 'isthmus certs' wrote ca.crt, apiserver-client.crt/.key (TCP) and proxy-server.kubeconfig")
 	fs.StringVar(&c.CABundle, "ca-bundle", "", "CA that verifies the frontend certificate (TCP; default PKI-DIR/ca.crt)")
 	fs.StringVar(&c.ClientCert, "client-cert", "", "kube-apiserver's client certificate (TCP; default PKI-DIR/apiserver-client.crt)")
 	fs.StringVar(&c.ClientKey, "client-key", "", "its key (TCP; default PKI-DIR/apiserver-client.key)")
 	fs.StringVar(&c.TLSServerName, "tls-server-name", "", "name to check the frontend certificate against (TCP; default the host of --url)")
 	controlplane := fs.String("controlplane", string(egress.RouteDirect), "the controlplane selection: direct, proxy (like cluster) or omit")
 	etcd := fs.String("etcd", string(egress.RouteDirect), "the etcd selection: direct, proxy (like cluster) or omit")
-	fs.StringVar(&o.out, "out", "egress-selector-configuration.yaml", `file to write, or "-" for standard output`)
+	fs.StringVar(&o.out, "out", "", `file to write, e.g. /etc/kubernetes/egress-selector-configuration.yaml, or "-" for standard output (required)`)
 	fs.StringVar(&o.configPath, "config-path", "", "path kube-apiserver will read the file at, for the printed flag (default: --out made absolute)")
 	fs.StringVar(&o.audience, "agent-audience", egress.DefaultAgentAudience, "audience of the agents' service-account tokens: added to kube-apiserver's --api-audiences, and proxy-server's --authentication-audience")
 	fs.StringVar(&o.agentNamespace, "agent-namespace", "kube-system", "namespace of the agents' service account (proxy-server's --agent-namespace)")
 	fs.StringVar(&o.agentServiceAccount, "agent-service-account", "konnectivity-agent", "the agents' service account (proxy-server's --agent-service-account)")
-	fs.StringVar(&o.kubeconfig, "kubeconfig", "", "proxy-server's kubeconfig for its token reviews, for its --kubeconfig (default PKI-DIR/proxy-server.kubeconfig, from 'isthmus certs kubeconfig')")
+	fs.StringVar(&o.kubeconfig, "kubeconfig", "", "proxy-server's kubeconfig for its token reviews, for its --kubeconfig (default PKI-DIR/proxy-server.kubeconfig with --pki-dir, else "+DefaultServerKubeconfig+")")
 	fs.StringSliceVar(&o.keep, "existing-audiences", []string{egress.DefaultServiceAccountIssuer},
 		"audiences kube-apiserver accepts today (its --api-audiences, or else its --service-account-issuer); kept in --api-audiences")
 	fs.BoolVar(&o.force, "force", false, "replace --out if it exists")
 	if err := parseNoArgs(fs, args); err != nil {
 		return o, err
+	}
+	if o.out == "" {
+		return o, required("--out", `the file to write (e.g. --out /etc/kubernetes/egress-selector-configuration.yaml), or "-" for stdout`)
 	}
 	c.Mode, c.Transport = egress.Mode(*mode), egress.Transport(*transport)
 	if c.Transport == egress.TransportTCP && !fs.Changed("mode") {
@@ -105,76 +114,96 @@ func parseEgressRender(args []string) (renderOptions, error) {
 	}
 	c.ControlPlane, c.Etcd = egress.Route(*controlplane), egress.Route(*etcd)
 	if c.Transport == egress.TransportTCP {
-		def := func(p *string, name string) {
-			if *p == "" {
-				*p = filepath.Join(*pkiDir, name)
-			}
-			*p = abs(*p)
+		if err := tcpFiles(c, *pkiDir); err != nil {
+			return o, err
 		}
-		def(&c.CABundle, "ca.crt")
-		def(&c.ClientCert, "apiserver-client.crt")
-		def(&c.ClientKey, "apiserver-client.key")
 	}
 	if o.configPath == "" {
 		o.configPath = abs(o.out)
 	}
-	if o.kubeconfig == "" {
+	switch {
+	case o.kubeconfig == "" && *pkiDir != "":
 		o.kubeconfig = filepath.Join(*pkiDir, "proxy-server.kubeconfig")
+	case o.kubeconfig == "":
+		o.kubeconfig = DefaultServerKubeconfig
 	}
 	o.kubeconfig = abs(o.kubeconfig)
 	return o, nil
 }
 
-func runEgressRender(args []string) error {
-	o, err := parseEgressRender(args)
+// tcpFiles fills kube-apiserver's client certificate, key and CA bundle
+// (TCP mode) from pkiDir where not given, and makes them absolute.
+func tcpFiles(c *egress.Config, pkiDir string) error {
+	for _, f := range []struct {
+		p          *string
+		flag, name string
+	}{{&c.CABundle, "--ca-bundle", "ca.crt"}, {&c.ClientCert, "--client-cert", "apiserver-client.crt"}, {&c.ClientKey, "--client-key", "apiserver-client.key"}} {
+		if *f.p == "" && pkiDir == "" {
+			return required(f.flag+" (or --pki-dir)", "kube-apiserver's client certificate, its key and the CA of the frontend, or the directory where 'isthmus certs' wrote them")
+		}
+		if *f.p == "" {
+			*f.p = filepath.Join(pkiDir, f.name)
+		}
+		*f.p = abs(*f.p)
+	}
+	return nil
+}
+
+func runEgressRender(e env, args []string) error {
+	o, err := parseEgressRender(e, args)
 	if err != nil {
 		return err
 	}
+	// The configuration is made of the flags alone: what kube-apiserver
+	// would refuse is a bad flag value.
 	b, err := egress.Render(o.cfg)
 	if err != nil {
-		return err
+		return asUsage(err)
 	}
 	if o.out == "-" {
-		_, err := stdout.Write(b)
-		return err
+		if _, err := e.Stdout.Write(b); err != nil {
+			return err
+		}
+		fmt.Fprintln(e.Stderr, "note: the kube-apiserver and proxy-server flags that go with it: 'isthmus egress render --out FILE' prints them")
+		return nil
 	}
-	w := outFlags{dir: filepath.Dir(o.out), force: o.force}
-	if err := w.write([]certs.File{{Path: o.out, Data: b, Mode: 0o644}}); err != nil {
+	if err := writeFiles(e, []certs.File{{Path: o.out, Data: b, Mode: 0o644}}, o.force, 0o755); err != nil {
 		return err
 	}
 	cfg, err := egress.Load(o.out)
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(stdout, "  %s\n", summary(cfg))
-	fmt.Fprintln(stdout, "\nkube-apiserver flags to add:")
+	w := e.Stdout
+	fmt.Fprintf(w, "  %s\n", summary(cfg))
+	fmt.Fprintln(w, "\nkube-apiserver flags to add:")
 	for _, f := range egress.APIServerFlags(o.configPath, append(append([]string{}, o.keep...), o.audience)) {
-		fmt.Fprintln(stdout, "  "+f)
+		fmt.Fprintln(w, "  "+f)
 	}
-	fmt.Fprintln(stdout, "\nproxy-server flags to match:")
+	fmt.Fprintln(w, "\nproxy-server flags to match:")
 	for _, f := range proxyServerFlags(cfg) {
-		fmt.Fprintln(stdout, "  "+f)
+		fmt.Fprintln(w, "  "+f)
 	}
-	printAgentAuth(o)
+	printAgentAuth(w, o)
 	return nil
 }
 
 // printAgentAuth prints proxy-server's agent authentication flags: tokens
 // (the default of kubeadm's and k0s's deployments), or client certificates.
-func printAgentAuth(o renderOptions) {
-	fmt.Fprintln(stdout, "and agent authentication, by the agents' service-account tokens (kubeadm's and k0s's way;")
-	fmt.Fprintln(stdout, "the agents send a projected token with this audience: proxy-agent --service-account-token-path;")
-	fmt.Fprintln(stdout, "leave --kubeconfig out when proxy-server runs in a pod: it then uses its in-cluster config):")
+func printAgentAuth(w io.Writer, o renderOptions) {
+	fmt.Fprintln(w, "and agent authentication, by the agents' service-account tokens (kubeadm's and k0s's way;")
+	fmt.Fprintln(w, "the agents send a projected token with this audience: proxy-agent --service-account-token-path;")
+	fmt.Fprintln(w, "leave --kubeconfig out when proxy-server runs in a pod: it then uses its in-cluster config):")
 	for _, f := range []string{
 		"--agent-namespace=" + o.agentNamespace,
 		"--agent-service-account=" + o.agentServiceAccount,
 		"--authentication-audience=" + o.audience,
 		"--kubeconfig=" + o.kubeconfig,
 	} {
-		fmt.Fprintln(stdout, "  "+f)
+		fmt.Fprintln(w, "  "+f)
 	}
-	fmt.Fprintln(stdout, "or by client certificates (proxy-agent --agent-cert/--agent-key; with both, an agent needs both):")
-	fmt.Fprintln(stdout, "  --cluster-ca-cert=<the CA that signed the agents' certificates, 'isthmus certs agent'>")
+	fmt.Fprintln(w, "or by client certificates (proxy-agent --agent-cert/--agent-key; with both, an agent needs both):")
+	fmt.Fprintln(w, "  --cluster-ca-cert=<the CA that signed the agents' certificates, 'isthmus certs agent'>")
 }
 
 // proxyServerFlags are the proxy-server flags that match cfg's cluster
@@ -231,7 +260,7 @@ func summary(cfg *apiserver.EgressSelectorConfiguration) string {
 	return strings.Join(parts, "; ")
 }
 
-const egressValidateUsage = `isthmus egress validate --config FILE
+const egressValidateUsage = `isthmus egress validate --config FILE (or: isthmus egress validate FILE)
 
 Loads FILE exactly as kube-apiserver does at start-up (k8s.io/apiserver's
 ReadEgressSelectorConfiguration, ValidateEgressSelectorConfiguration and
@@ -239,28 +268,28 @@ egress selector, which loads the TCP client certificates), and checks in
 addition what kube-apiserver accepts but then crashes or fails on (an
 http:// TCP URL, relative paths, a URL without a port, an unusable client
 certificate) and that the cluster selection goes through proxy-server.
-Writes nothing; prints where each selection goes, or every problem found
-(exit status 1).
+Writes nothing; prints where each selection goes (exit status 0), or every
+problem found (exit status 1).
 `
 
-func runEgressValidate(args []string) error {
-	fs := newFlagSet("isthmus egress validate", egressValidateUsage)
+func runEgressValidate(e env, args []string) error {
+	fs := newFlagSet(e, "isthmus egress validate", egressValidateUsage)
 	file := fs.String("config", "", "the EgressSelectorConfiguration file (required)")
-	if err := fs.Parse(args); err != nil {
+	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
 	if *file == "" && fs.NArg() == 1 {
 		*file = fs.Arg(0)
 	} else if fs.NArg() > 0 {
-		return fmt.Errorf("validate: unexpected arguments %q", fs.Args())
+		return usageErrorf("unexpected arguments %q (give one FILE, or --config FILE)", fs.Args())
 	}
 	if *file == "" {
-		return errors.New("validate: --config FILE is required")
+		return required("--config FILE", "the EgressSelectorConfiguration file to check")
 	}
 	cfg, err := egress.Load(*file)
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(stdout, "%s: valid for kube-apiserver\n  %s\n", *file, summary(cfg))
+	fmt.Fprintf(e.Stdout, "%s: valid for kube-apiserver\n  %s\n", *file, summary(cfg))
 	return nil
 }

@@ -23,7 +23,7 @@ func TestEgressCommands(t *testing.T) {
 			t.Errorf("render output lacks %q:\n%s", want, report)
 		}
 	}
-	checkAgentAuthAdvice(t, report, egress.DefaultAgentAudience, "kube-system", "konnectivity-agent", abs(filepath.Join(DefaultPKIDir, "proxy-server.kubeconfig")))
+	checkAgentAuthAdvice(t, report, egress.DefaultAgentAudience, "kube-system", "konnectivity-agent", DefaultServerKubeconfig)
 	if _, err := egress.Load(out); err != nil {
 		t.Fatal(err)
 	}
@@ -42,13 +42,24 @@ func TestEgressCommands(t *testing.T) {
 	if report := mustRun(t, "egress", "validate", "--config", out); !strings.Contains(report, "cluster: HTTPConnect over UDS "+sock) {
 		t.Errorf("validate: %s", report)
 	}
+	// --out - prints the configuration alone, and writes nothing.
+	if yaml := mustRun(t, "egress", "render", "--out", "-", "--uds-name", sock); !strings.HasPrefix(yaml, "# kube-apiserver --egress-selector-config-file") ||
+		strings.Contains(yaml, "flags") {
+		t.Errorf("--out -: %s", yaml)
+	}
+}
 
-	// TCP: the client certificate comes from the PKI directory.
+// TestEgressRenderTCP: in TCP mode the client certificate comes from the
+// PKI directory; configurations kube-apiserver refuses are usage errors,
+// and nothing is written.
+func TestEgressRenderTCP(t *testing.T) {
+	dir := t.TempDir()
 	pki := filepath.Join(dir, "pki")
 	mustRun(t, "certs", "ca", "--dir", pki)
 	mustRun(t, "certs", "apiserver-client", "--dir", pki)
 	tcp := filepath.Join(dir, "tcp.yaml")
-	mustRun(t, "egress", "render", "--transport", "tcp", "--url", "https://127.0.0.1:8131", "--pki-dir", pki, "--out", tcp)
+	report := mustRun(t, "egress", "render", "--transport", "tcp", "--url", "https://127.0.0.1:8131", "--pki-dir", pki, "--out", tcp)
+	checkAgentAuthAdvice(t, report, egress.DefaultAgentAudience, "kube-system", "konnectivity-agent", filepath.Join(pki, "proxy-server.kubeconfig"))
 	cfg, err := egress.Load(tcp)
 	if err != nil {
 		t.Fatal(err)
@@ -66,10 +77,11 @@ func TestEgressCommands(t *testing.T) {
 		{[]string{"--transport", "tcp", "--url", "http://127.0.0.1:8131", "--pki-dir", pki}, "crashes it"},
 		{[]string{"--transport", "tcp", "--url", "https://127.0.0.1:8131", "--pki-dir", filepath.Join(dir, "none")}, "no such file"},
 		{[]string{"--uds-name", "relative.sock"}, "relative"},
+		{[]string{"--transport", "tcp", "--url", "https://127.0.0.1:8131"}, "--ca-bundle (or --pki-dir) is required"},
 	} {
 		args := append([]string{"egress", "render", "--out", filepath.Join(dir, "x.yaml")}, tc.args...)
-		if _, err := run(t, args...); err == nil || !strings.Contains(err.Error(), tc.want) {
-			t.Errorf("isthmus %s: %v, want an error containing %q", strings.Join(args, " "), err, tc.want)
+		if r := cli(t, args...); r.code != exitUsage || !strings.Contains(r.stderr, tc.want) {
+			t.Errorf("isthmus %s: %+v, want a usage error containing %q", strings.Join(args, " "), r, tc.want)
 		}
 	}
 	if _, err := os.Stat(filepath.Join(dir, "x.yaml")); err == nil {

@@ -3,11 +3,7 @@
 package main
 
 import (
-	"errors"
-	"fmt"
 	"os"
-
-	"github.com/spf13/pflag"
 
 	"isthmus.dev/tunnel/flagcompat"
 )
@@ -25,61 +21,66 @@ Commands:
   cni     the pod network behind the agents: validate a network config,
           render the CNI conflist and kube-router or Calico manifests, install
           the conflist on a node
+  manifests
+          deploy on Kubernetes: the agent DaemonSet and RBAC, proxy-server
+          as a static Pod or systemd unit, kube-apiserver's egress file and
+          flags; a directory, or one YAML stream for kubectl apply
   preflight
           check this host's ports for its role (controller or worker) and pod
-          network provider: what must listen, what must be reachable
+          network provider: what must be free now, what must listen, what
+          must be reachable
   version print the version and commit of this build (also: --version)
 
-Run 'isthmus COMMAND --help' for a command's flags.
+Run 'isthmus COMMAND --help' (or 'isthmus help COMMAND') for a command's
+flags. Help goes to stdout; reports go to stdout, errors to stderr.
+
+Files: a command that writes files writes only where a flag says (--dir,
+--out; never into the current directory unasked), and writes nothing at
+all when any of its files exists, unless --force.
+
+Exit status:
+  0  success, or --help
+  1  a check failed (certs check, preflight, egress validate, cni validate),
+     or the command could not do its work (a file missing, exists, ...)
+  2  usage error: unknown command or flag, a required flag missing, a bad
+     flag value (the error says which flag, and how to fix it)
 `
 
-type command struct {
-	name string
-	run  func(args []string) error
-}
-
+// commands are the top-level commands. Each is func(e env, args []string)
+// error and follows the convention written at the top of cli.go: report to
+// e.Stdout, return usage errors as usageErrorf, parse with newFlagSet and
+// parseFlags, write files with writeFiles.
 var commands = []command{
 	{"demo", runDemo},
 	{"certs", runCerts},
 	{"egress", runEgress},
 	{"cni", runCNI},
+	{"manifests", runManifests},
 	{"preflight", runPreflight},
+	{"version", runVersion},
 }
 
 func main() {
-	if err := dispatch(os.Args[1:]); err != nil {
-		if errors.Is(err, pflag.ErrHelp) {
-			return
-		}
-		fmt.Fprintln(os.Stderr, "isthmus:", err)
-		var ee *exitError
-		if errors.As(err, &ee) {
-			os.Exit(ee.code)
-		}
-		os.Exit(1)
-	}
+	os.Exit(execute(env{Stdout: os.Stdout, Stderr: os.Stderr}, os.Args[1:]))
 }
 
-func dispatch(args []string) error {
-	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
-		fmt.Fprint(os.Stderr, usage)
-		if len(args) == 0 {
-			return errors.New("no command given")
-		}
-		return nil
+func dispatch(e env, args []string) error {
+	if len(args) > 0 && args[0] == "--version" {
+		return runVersion(e, args[1:])
 	}
-	if args[0] == "version" || args[0] == "--version" {
-		if len(args) > 1 {
-			return fmt.Errorf("%s: unexpected arguments %q", args[0], args[1:])
-		}
-		flagcompat.PrintVersion(stdout, "isthmus")
-		return nil
+	return subDispatch(e, "isthmus", usage, commands, args)
+}
+
+const versionUsage = `isthmus version
+
+Prints the version and commit of this build (also: isthmus --version).
+`
+
+func runVersion(e env, args []string) error {
+	fs := newFlagSet(e, "isthmus version", versionUsage)
+	if err := parseNoArgs(fs, args); err != nil {
+		return err
 	}
-	for _, c := range commands {
-		if c.name == args[0] {
-			return c.run(args[1:])
-		}
-	}
-	fmt.Fprint(os.Stderr, usage)
-	return fmt.Errorf("unknown command %q", args[0])
+	flagcompat.PrintVersion(e.Stdout, "isthmus")
+	return nil
 }

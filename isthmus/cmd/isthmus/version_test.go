@@ -14,7 +14,9 @@ func TestVersion(t *testing.T) {
 			t.Errorf("isthmus %s printed %q, want %q", arg, out, want)
 		}
 	}
-	if _, err := run(t, "version", "extra"); err == nil || !strings.Contains(err.Error(), "unexpected arguments") {
-		t.Errorf("isthmus version extra: %v", err)
+	for _, args := range [][]string{{"version", "extra"}, {"--version", "extra"}} {
+		if r := cli(t, args...); r.code != exitUsage || !strings.Contains(r.stderr, "unexpected arguments") {
+			t.Errorf("isthmus %s: %+v", strings.Join(args, " "), r)
+		}
 	}
 }
