@@ -8,7 +8,7 @@ GO      ?= go
 # --version, the start-up log line and build_info say which build runs.
 LDFLAGS := -X isthmus.dev/tunnel/buildinfo.version=$(VERSION) -X isthmus.dev/tunnel/buildinfo.commit=$(COMMIT)
 
-.PHONY: all build image demo docs test test-unit test-integration bench lint deps clean
+.PHONY: all build image demo docs test test-unit test-integration fuzz fuzz-short soak bench lint deps clean
 
 all: build
 
@@ -51,12 +51,37 @@ deps:
 		fi; \
 	fi
 
-# Every test of every module, with the race detector.
+# Every test of every module, with the race detector, then a short run of
+# every fuzz target.
 test: deps lint
 	@set -e; for m in $(MODULES); do \
 		echo "=== go test -race $$m"; \
 		(cd $$m && $(GO) test -race -count=1 -timeout 60m ./...); \
 	done
+	@$(MAKE) --no-print-directory fuzz-short
+
+# Every fuzz target (each func FuzzX of a _test.go file) for FUZZTIME, one
+# after the other, with go test -fuzz; a table of the executions at the end.
+# A failing input is written to the target's testdata/fuzz/ and fails the
+# run. Longer: make fuzz FUZZTIME=10m.
+FUZZTIME  ?= 1m
+FUZZSHORT ?= 10s
+fuzz:
+	@FUZZTIME=$(FUZZTIME) GO="$(GO)" hack/fuzz.sh $(MODULES)
+
+# What make test runs: each fuzz target for FUZZSHORT.
+fuzz-short:
+	@FUZZTIME=$(FUZZSHORT) GO="$(GO)" hack/fuzz.sh $(MODULES)
+
+# The network faults and load tests of integration/reliability, round
+# after round for DURATION (every link and frontend), then each fuzz
+# target for SOAK_FUZZTIME; prints the tables of faults, bounds, load
+# (goroutines, descriptors, RSS before, at peak, after) and fuzz
+# executions. Needs root for the network namespaces, as make test does.
+DURATION      ?= 10m
+SOAK_FUZZTIME ?= 30s
+soak: deps
+	@DURATION=$(DURATION) SOAK_FUZZTIME=$(SOAK_FUZZTIME) GO="$(GO)" hack/soak.sh $(MODULES)
 
 test-unit: lint
 	@set -e; for m in tunnel certs egress cni proxy-server proxy-agent isthmus deploy; do \

@@ -11,7 +11,7 @@ import (
 	"os"
 	"slices"
 
-	"sigs.k8s.io/yaml"
+	"isthmus.dev/certs/configfile"
 )
 
 // Provider names the pod network implementation.
@@ -172,9 +172,10 @@ func DefaultConfig() Config {
 	return c
 }
 
-// Load reads a YAML (or JSON) network config strictly: an unknown or
-// misspelt field is an error. The defaults are filled in; Validate is not
-// called.
+// Load reads a YAML (or JSON) network config strictly: keys are
+// case-sensitive, and an unknown, misspelt or duplicate key is an error
+// naming the key and its line (a *configfile.KeyError). The defaults are
+// filled in; Validate is not called.
 func Load(path string) (Config, error) {
 	data, err := os.ReadFile(path)
 	if err != nil {
@@ -182,7 +183,11 @@ func Load(path string) (Config, error) {
 	}
 	c, err := Parse(data)
 	if err != nil {
-		return Config{}, fmt.Errorf("network config %s: %w", path, err)
+		sep := " "
+		if len(configfile.KeyErrors(err)) > 1 {
+			sep = "\n"
+		}
+		return Config{}, fmt.Errorf("network config %s:%s%w", path, sep, err)
 	}
 	return c, nil
 }
@@ -190,8 +195,9 @@ func Load(path string) (Config, error) {
 // Parse is Load for bytes.
 func Parse(data []byte) (Config, error) {
 	var c Config
-	if err := yaml.UnmarshalStrict(data, &c); err != nil {
-		return Config{}, fmt.Errorf("parse: %w", err)
+	if err := configfile.Decode(data, &c); err != nil {
+		addK0sHints(err)
+		return Config{}, err
 	}
 	c.setDefaults()
 	return c, nil

@@ -8,6 +8,8 @@ import (
 	"os"
 	"path/filepath"
 	"time"
+
+	"isthmus.dev/certs/configfile"
 )
 
 // StateFileName is the provider lock's file name inside a manifest
@@ -60,7 +62,7 @@ func (l ProviderLock) Recorded() (Provider, error) {
 		return "", fmt.Errorf("read provider lock: %w", err)
 	}
 	var st lockState
-	if err := json.Unmarshal(data, &st); err != nil {
+	if err := configfile.Decode(data, &st); err != nil {
 		return "", fmt.Errorf("provider lock %s is damaged (%w): restore it, or remove it only if the cluster has been redeployed", l.Path, err)
 	}
 	if st.Provider == "" {

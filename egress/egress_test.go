@@ -216,7 +216,12 @@ func TestLoadHandWritten(t *testing.T) {
 		{"grpc over tcp", "- name: cluster\n  connection:\n    proxyProtocol: GRPC\n    transport:\n      tcp:\n        url: https://127.0.0.1:8131\n", "only over a Unix socket"},
 		{"cluster direct", "- name: cluster\n  connection:\n    proxyProtocol: Direct\n", "directly"},
 		{"no cluster", "- name: etcd\n  connection:\n    proxyProtocol: Direct\n", "no egress selection named cluster"},
-		{"unknown field", "- name: cluster\n  connection:\n    proxyProtocol: GRPC\n    transport:\n      uds:\n        udsName: /run/k.sock\n        mode: x\n", "unknown field"},
+		{"unknown field", "- name: cluster\n  connection:\n    proxyProtocol: GRPC\n    transport:\n      uds:\n        udsName: /run/k.sock\n        mode: x\n",
+			`line 10: unknown key "egressSelections[0].connection.transport.uds.mode"`},
+		{"key case", "- name: cluster\n  connection:\n    proxyProtocol: GRPC\n    transport:\n      uds:\n        UDSName: /run/k.sock\n",
+			`line 9: unknown key "egressSelections[0].connection.transport.uds.UDSName": keys are case-sensitive: did you mean "udsName"?`},
+		{"duplicate key", "- name: cluster\n  connection:\n    proxyProtocol: GRPC\n    proxyProtocol: Direct\n",
+			`line 7: duplicate key "egressSelections[0].connection.proxyProtocol": first at line 6`},
 		{"duplicate", "- name: cluster\n  connection:\n    proxyProtocol: GRPC\n    transport:\n      uds:\n        udsName: /run/k.sock\n- name: cluster\n  connection:\n    proxyProtocol: Direct\n", "Duplicate"},
 		{"no transport", "- name: cluster\n  connection:\n    proxyProtocol: GRPC\n", "transport must be set"},
 	} {

@@ -31,6 +31,9 @@ func Load(path string) (*apiserver.EgressSelectorConfiguration, error) {
 
 // load is Load with name standing for path in messages.
 func load(path, name string) (*apiserver.EgressSelectorConfiguration, error) {
+	if err := checkKeys(path); err != nil {
+		return nil, fmt.Errorf("%s: %w", name, err)
+	}
 	cfg, err := egressselector.ReadEgressSelectorConfiguration(path)
 	if err != nil {
 		return nil, fmt.Errorf("%s: kube-apiserver's loader: %w", name, err)

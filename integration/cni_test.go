@@ -139,6 +139,7 @@ func newICPCluster(t *testing.T) *icpCluster {
 	if c.pki, err = certs.NewBundle(t.TempDir(), icpControllerAddr); err != nil {
 		t.Fatal(err)
 	}
+	harness.RegisterBundle(t, c.pki)
 	return c
 }
 

@@ -3,8 +3,10 @@ package integration
 // Fault tests: real proxy-server and proxy-agent processes on real sockets,
 // driven into failed, timed-out and cancelled dials, missing, killed and
 // restarted agents, and a restarted server. Every test runs over both
-// frontends (gRPC with konnectivity-client, HTTP CONNECT); network traffic
-// goes only to loopback and to network namespaces the tests create.
+// frontends (gRPC with konnectivity-client, HTTP CONNECT), both frontend
+// transports and both agent links (paths_test.go: the full matrix, or a
+// pairwise set for the slow ones); network traffic goes only to loopback
+// and to network namespaces the tests create.
 
 import (
 	"context"
@@ -38,25 +40,20 @@ const (
 // port does: every packet is dropped).
 const faultBlackholePort = 10250
 
-// faultCase is one frontend on one transport.
-type faultCase struct{ mode, transport string }
-
-func (c faultCase) name() string { return c.mode + "/" + c.transport }
-
-// faultCases are both frontends on both transports.
-var faultCases = []faultCase{
-	{harness.GRPC, harness.UDS}, {harness.GRPC, harness.TCP},
-	{harness.HTTPConnect, harness.UDS}, {harness.HTTPConnect, harness.TCP},
-}
-
 // faultStartPair starts a server and one agent and waits until both are ready.
-func faultStartPair(t testing.TB, pki *certs.Bundle, c faultCase, serverExtra, agentExtra []string) (*harness.Server, *harness.Agent) {
+func faultStartPair(t testing.TB, pki *certs.Bundle, c pathCase, serverExtra, agentExtra []string) (*harness.Server, *harness.Agent) {
 	t.Helper()
 	s := harness.StartServer(t, bins, pki, harness.ServerOpts{Mode: c.mode, Transport: c.transport, Extra: serverExtra})
-	a := harness.StartAgent(t, bins, s, harness.AgentOpts{Extra: agentExtra})
+	a := faultStartAgent(t, s, c, agentExtra...)
 	a.WaitReady(t)
 	s.WaitReady(t)
 	return s, a
+}
+
+// faultStartAgent starts an agent of s on c's link.
+func faultStartAgent(t testing.TB, s *harness.Server, c pathCase, extra ...string) *harness.Agent {
+	t.Helper()
+	return harness.StartAgent(t, bins, s, harness.AgentOpts{Extra: c.agentFlags(extra...)})
 }
 
 // faultExpectDialError checks a failed dial: on the CONNECT frontend the status
@@ -223,7 +220,7 @@ func TestFaultDialRefused(t *testing.T) {
 	pki := harness.NewPKI(t)
 	echo := harness.StartBackend(t, harness.Echo)
 	closed := net.JoinHostPort("127.0.0.1", strconv.Itoa(harness.FreePort(t)))
-	for _, c := range faultCases {
+	for _, c := range allPaths {
 		t.Run(c.name(), func(t *testing.T) {
 			harness.LeakCheck(t)
 			s, a := faultStartPair(t, pki, c, nil, nil)
@@ -247,12 +244,13 @@ func TestFaultDialRefused(t *testing.T) {
 // TestFaultDialTimeout dials an address whose SYNs are dropped (a namespace
 // with a drop-all input chain): the agent's --backend-dial-timeout ends the
 // dial; CONNECT answers 504, gRPC a DIAL_RSP error; no socket is left.
+// Each case waits out the timeout: the pairwise paths.
 func TestFaultDialTimeout(t *testing.T) {
 	bh := harness.NewBlackhole(t)
 	pki := harness.NewPKI(t)
 	echo := harness.StartBackend(t, harness.Echo)
 	target := bh.Addr(faultBlackholePort)
-	for _, c := range faultCases {
+	for _, c := range pairwisePaths {
 		t.Run(c.name(), func(t *testing.T) {
 			harness.LeakCheck(t)
 			s, a := faultStartPair(t, pki, c, nil, []string{"--backend-dial-timeout=2s"})
@@ -349,14 +347,16 @@ func faultCancelPending(t testing.TB, bh *harness.Blackhole, s *harness.Server, 
 // pending (its SYN unanswered): konnectivity-client sends DIAL_CLS, a
 // CONNECT client hangs up. The server must cancel the agent's dial at once
 // (the agent and server timeouts are a minute, so only the cancel can end
-// it), leave no socket behind, and go on serving.
+// it), leave no socket behind, and go on serving. Each case waits for the
+// agent's SYN twice: the pairwise paths, and the reusable tunnel on both
+// links.
 func TestFaultDialCancelled(t *testing.T) {
 	bh := harness.NewBlackhole(t)
 	pki := harness.NewPKI(t)
 	echo := harness.StartBackend(t, harness.Echo)
 	target := bh.Addr(faultBlackholePort)
 	long := []string{"--backend-dial-timeout=60s"}
-	for _, c := range faultCases {
+	for _, c := range pairwisePaths {
 		t.Run(c.name(), func(t *testing.T) {
 			harness.LeakCheck(t)
 			s, a := faultStartPair(t, pki, c, long, long)
@@ -375,43 +375,52 @@ func TestFaultDialCancelled(t *testing.T) {
 	}
 	// konnectivity-client's reusable tunnel: one gRPC connection, a stream
 	// per dial. A cancelled dial ends its stream only; the tunnel goes on.
-	t.Run("grpc-reusable/uds", func(t *testing.T) {
-		harness.LeakCheck(t)
-		s, a := faultStartPair(t, pki, faultCase{harness.GRPC, harness.UDS}, long, long)
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		defer cancel()
-		tun, err := s.ReusableTunnel(ctx)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer tun.Close()
-		for n := 1; n <= 2; n++ {
-			faultCancelPending(t, bh, s, a, true, n, func(ctx context.Context) (net.Conn, error) {
-				return tun.DialContext(ctx, "tcp", target)
-			})
-		}
-		conn, err := tun.DialContext(ctx, "tcp", echo.Addr())
-		if err != nil {
-			t.Fatalf("dial on the reusable tunnel after cancelled dials: %v", err)
-		}
-		w := faultWatch(t, conn)
-		if err := w.ping("same tunnel, new stream", 10*time.Second); err != nil {
-			t.Fatal(err)
-		}
-		_ = w.Close()
-		faultNoLeftovers(t, s, a)
-	})
+	for _, link := range []string{linkNative, linkANP} {
+		t.Run("grpc-reusable/uds/"+link, func(t *testing.T) { faultCancelReusable(t, pki, bh, echo, link) })
+	}
+}
+
+// faultCancelReusable cancels dials on konnectivity-client's reusable
+// tunnel over link, then dials again on the same tunnel.
+func faultCancelReusable(t *testing.T, pki *certs.Bundle, bh *harness.Blackhole, echo *harness.Backend, link string) {
+	harness.LeakCheck(t)
+	long := []string{"--backend-dial-timeout=60s"}
+	target := bh.Addr(faultBlackholePort)
+	s, a := faultStartPair(t, pki, pathCase{harness.GRPC, harness.UDS, link}, long, long)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	tun, err := s.ReusableTunnel(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tun.Close()
+	for n := 1; n <= 2; n++ {
+		faultCancelPending(t, bh, s, a, true, n, func(ctx context.Context) (net.Conn, error) {
+			return tun.DialContext(ctx, "tcp", target)
+		})
+	}
+	conn, err := tun.DialContext(ctx, "tcp", echo.Addr())
+	if err != nil {
+		t.Fatalf("dial on the reusable tunnel after cancelled dials: %v", err)
+	}
+	w := faultWatch(t, conn)
+	if err := w.ping("same tunnel, new stream", 10*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	_ = w.Close()
+	faultNoLeftovers(t, s, a)
 }
 
 // TestFaultServerDialTimeout bounds the dial with the server's
 // --backend-dial-timeout (1s) while the agent would wait a minute: the
 // client gets 504 or a DIAL_RSP error, and the server's DIAL_CLS cancels
-// the agent's dial (no socket left).
+// the agent's dial (no socket left). Each case waits out the timeout: the
+// pairwise paths.
 func TestFaultServerDialTimeout(t *testing.T) {
 	bh := harness.NewBlackhole(t)
 	pki := harness.NewPKI(t)
 	target := bh.Addr(faultBlackholePort)
-	for _, c := range faultCases {
+	for _, c := range pairwisePaths {
 		t.Run(c.name(), func(t *testing.T) {
 			harness.LeakCheck(t)
 			s, a := faultStartPair(t, pki, c, []string{"--backend-dial-timeout=1s"}, []string{"--backend-dial-timeout=60s"})
@@ -440,7 +449,7 @@ func TestFaultAgentKilledMidDial(t *testing.T) {
 	echo := harness.StartBackend(t, harness.Echo)
 	target := bh.Addr(faultBlackholePort)
 	long := []string{"--backend-dial-timeout=60s"}
-	for _, c := range faultCases {
+	for _, c := range allPaths {
 		t.Run(c.name(), func(t *testing.T) {
 			harness.LeakCheck(t)
 			s, a := faultStartPair(t, pki, c, long, long)
@@ -455,7 +464,7 @@ func TestFaultAgentKilledMidDial(t *testing.T) {
 			harness.WaitMetric(t, 10*time.Second, s.MetricsURL(), faultMServerDials, 1, "frontend", c.mode, "result", "link_closed")
 			harness.WaitMetric(t, 10*time.Second, s.MetricsURL(), faultMServerConns, 0)
 
-			a2 := harness.StartAgent(t, bins, s, harness.AgentOpts{})
+			a2 := faultStartAgent(t, s, c)
 			a2.WaitReady(t)
 			s.WaitReady(t)
 			faultEcho(t, s, echo.Addr(), "through a new agent")
@@ -469,7 +478,7 @@ func TestFaultAgentKilledMidDial(t *testing.T) {
 func TestFaultNoAgent(t *testing.T) {
 	pki := harness.NewPKI(t)
 	echo := harness.StartBackend(t, harness.Echo)
-	for _, c := range faultCases {
+	for _, c := range allPaths {
 		t.Run(c.name(), func(t *testing.T) {
 			harness.LeakCheck(t)
 			s := harness.StartServer(t, bins, pki, harness.ServerOpts{Mode: c.mode, Transport: c.transport})
@@ -486,7 +495,7 @@ func TestFaultNoAgent(t *testing.T) {
 			harness.WaitMetric(t, 10*time.Second, s.MetricsURL(), faultMServerDials, 1, "frontend", c.mode, "result", "no_agent")
 			harness.WaitMetric(t, 10*time.Second, s.MetricsURL(), faultMServerConns, 0)
 
-			a := harness.StartAgent(t, bins, s, harness.AgentOpts{})
+			a := faultStartAgent(t, s, c)
 			a.WaitReady(t)
 			s.WaitReady(t)
 			faultEcho(t, s, echo.Addr(), "once an agent is there")
@@ -503,12 +512,12 @@ func TestFaultAgentKilled(t *testing.T) {
 	pki := harness.NewPKI(t)
 	echo := harness.StartBackend(t, harness.Echo)
 	const conns = 4
-	for _, c := range faultCases {
+	for _, c := range allPaths {
 		t.Run(c.name(), func(t *testing.T) {
 			harness.LeakCheck(t)
 			s := harness.StartServer(t, bins, pki, harness.ServerOpts{Mode: c.mode, Transport: c.transport})
-			victim := harness.StartAgent(t, bins, s, harness.AgentOpts{})
-			survivor := harness.StartAgent(t, bins, s, harness.AgentOpts{})
+			victim := faultStartAgent(t, s, c)
+			survivor := faultStartAgent(t, s, c)
 			victim.WaitReady(t)
 			survivor.WaitReady(t)
 			harness.WaitMetric(t, 20*time.Second, s.MetricsURL(), faultMServerBackends, 2)
@@ -586,11 +595,11 @@ func TestFaultAgentKilled(t *testing.T) {
 // restart must bring the pair back. Then the agent must have reconnected by
 // itself: dials work and nothing is left behind.
 func faultRestart(t *testing.T, what string,
-	crash func(t *testing.T, c faultCase, s *harness.Server, a *harness.Agent, echo *harness.Backend),
+	crash func(t *testing.T, c pathCase, s *harness.Server, a *harness.Agent, echo *harness.Backend),
 	restart func(t *testing.T, s *harness.Server, a *harness.Agent)) {
 	pki := harness.NewPKI(t)
 	echo := harness.StartBackend(t, harness.Echo)
-	for _, c := range faultCases {
+	for _, c := range allPaths {
 		t.Run(c.name(), func(t *testing.T) {
 			harness.LeakCheck(t)
 			s, a := faultStartPair(t, pki, c, nil, nil)
@@ -623,7 +632,7 @@ func faultRestart(t *testing.T, what string,
 // connection ends and the server stops being ready and answers "no agent",
 // then restarts the agent: it reconnects by itself and dials work again.
 func TestFaultAgentRestart(t *testing.T) {
-	faultRestart(t, "agent", func(t *testing.T, c faultCase, s *harness.Server, a *harness.Agent, echo *harness.Backend) {
+	faultRestart(t, "agent", func(t *testing.T, c pathCase, s *harness.Server, a *harness.Agent, echo *harness.Backend) {
 		a.Kill()
 		harness.WaitFor(t, 10*time.Second, "server /readyz to fail", func() bool {
 			return harness.HTTPStatus(s.ReadyURL()) == http.StatusServiceUnavailable
@@ -643,7 +652,7 @@ func TestFaultAgentRestart(t *testing.T) {
 // server again on the same ports: the agent reconnects by itself and dials
 // work again.
 func TestFaultServerRestart(t *testing.T) {
-	faultRestart(t, "server", func(t *testing.T, _ faultCase, s *harness.Server, a *harness.Agent, echo *harness.Backend) {
+	faultRestart(t, "server", func(t *testing.T, _ pathCase, s *harness.Server, a *harness.Agent, echo *harness.Backend) {
 		s.Kill()
 		harness.WaitFor(t, 10*time.Second, "agent /readyz to fail", func() bool {
 			return harness.HTTPStatus(a.ReadyURL()) == http.StatusServiceUnavailable

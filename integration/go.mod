@@ -3,6 +3,7 @@ module isthmus.dev/integration
 go 1.26.2
 
 require (
+	github.com/hashicorp/yamux v0.1.2
 	go.uber.org/goleak v1.3.0
 	google.golang.org/grpc v1.85.0
 	isthmus.dev/certs v0.0.0
@@ -32,7 +33,6 @@ require (
 	github.com/go-openapi/swag/typeutils v0.27.1 // indirect
 	github.com/go-openapi/swag/yamlutils v0.27.1 // indirect
 	github.com/grpc-ecosystem/grpc-gateway/v2 v2.29.0 // indirect
-	github.com/hashicorp/yamux v0.1.2 // indirect
 	go.opentelemetry.io/auto/sdk v1.2.1 // indirect
 	go.opentelemetry.io/contrib/instrumentation/net/http/otelhttp v0.69.0 // indirect
 	go.opentelemetry.io/otel v1.45.0 // indirect

@@ -22,6 +22,7 @@ func TestAgentHoldsATunnelToEachListedServer(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	harness.RegisterBundle(t, pki)
 	port := harness.FreePort(t)
 	s1 := harness.StartServer(t, bins, pki, harness.ServerOpts{Mode: harness.HTTPConnect, ID: "s1", Count: 2, AgentPort: port})
 	s2 := harness.StartServer(t, bins, pki, harness.ServerOpts{Mode: harness.HTTPConnect, ID: "s2", Count: 2, AgentPort: port,

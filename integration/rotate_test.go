@@ -55,6 +55,7 @@ func TestAgentPortCertificateRotates(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	harness.RegisterKeyPEM(t, "the rotated agent-port key", p.KeyPEM)
 	if _, _, err := p.WritePair(filepath.Dir(pki.AgentPortCert), strings.TrimSuffix(filepath.Base(pki.AgentPortCert), ".crt")); err != nil {
 		t.Fatal(err)
 	}

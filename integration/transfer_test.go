@@ -8,6 +8,7 @@ import (
 	"net"
 	"strconv"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -16,52 +17,53 @@ import (
 
 // Data-path tests: bytes go through a real proxy-server and proxy-agent
 // (race-built) between a client in this process and a backend on loopback,
-// over both frontends (gRPC via konnectivity-client, HTTP CONNECT) and,
-// where cheap, both frontend transports (UDS, TCP with mTLS).
+// over both frontends (gRPC via konnectivity-client, HTTP CONNECT), both
+// frontend transports (UDS, TCP with mTLS) and both agent links (native,
+// ANP): every path where a case is cheap, the pairwise paths where it is
+// slow (paths_test.go).
 
 const (
 	xferKiB = 1 << 10
 	xferMiB = 1 << 20
 )
 
-var xferTransports = []string{harness.UDS, harness.TCP}
-
-// xferCluster starts a proxy-server (mode, transport) and one agent, both
-// with the extra flags, and waits until both are ready. Processes end at t's
-// cleanup.
-func xferCluster(t testing.TB, mode, transport string, agentExtra []string, extra ...string) *harness.Server {
+// xferCluster starts a proxy-server on c's frontend and one agent on c's
+// link, both with the extra flags, and waits until both are ready.
+// Processes end at t's cleanup.
+func xferCluster(t testing.TB, c pathCase, extra ...string) *harness.Server {
 	t.Helper()
 	pki := harness.NewPKI(t)
-	s := harness.StartServer(t, bins, pki, harness.ServerOpts{Mode: mode, Transport: transport, Extra: extra})
-	a := harness.StartAgent(t, bins, s, harness.AgentOpts{Extra: append(agentExtra, extra...)})
+	s := harness.StartServer(t, bins, pki, harness.ServerOpts{Mode: c.mode, Transport: c.transport, Extra: extra})
+	a := harness.StartAgent(t, bins, s, harness.AgentOpts{Extra: c.agentFlags(extra...)})
 	a.WaitReady(t)
 	s.WaitReady(t)
 	return s
 }
 
-// xferEachFrontend runs f in one subtest per frontend mode and transport, each
-// with its own server and agent; extra, if not nil, gives more flags for both.
-func xferEachFrontend(t *testing.T, transports []string, extra func(mode, transport string) []string, f func(t *testing.T, s *harness.Server)) {
+// xferEach runs f in one subtest per path, each with its own server and
+// agent; extra, if not nil, gives more flags for both.
+func xferEach(t *testing.T, paths []pathCase, extra func(c pathCase) []string, f func(t *testing.T, s *harness.Server, c pathCase)) {
 	t.Helper()
-	xferEachFrontendLink(t, nil, transports, extra, f)
+	for _, c := range paths {
+		t.Run(c.name(), func(t *testing.T) {
+			harness.LeakCheck(t)
+			var flags []string
+			if extra != nil {
+				flags = extra(c)
+			}
+			f(t, xferCluster(t, c, flags...), c)
+		})
+	}
 }
 
-// xferEachFrontendLink is xferEachFrontend with flags for the agent alone
-// (e.g. --link=anp).
-func xferEachFrontendLink(t *testing.T, agentFlags []string, transports []string, extra func(mode, transport string) []string, f func(t *testing.T, s *harness.Server)) {
-	t.Helper()
-	for _, mode := range []string{harness.GRPC, harness.HTTPConnect} {
-		for _, tr := range transports {
-			t.Run(mode+"/"+tr, func(t *testing.T) {
-				harness.LeakCheck(t)
-				var flags []string
-				if extra != nil {
-					flags = extra(mode, tr)
-				}
-				f(t, xferCluster(t, mode, tr, agentFlags, flags...))
-			})
+// xferIn reports whether c is one of paths.
+func xferIn(c pathCase, paths []pathCase) bool {
+	for _, p := range paths {
+		if p == c {
+			return true
 		}
 	}
+	return false
 }
 
 // xferBigQueue are the flags for the 100 MiB runs. The ANP agent wire has no
@@ -72,9 +74,9 @@ func xferEachFrontendLink(t *testing.T, agentFlags []string, transports []string
 // 2-core machine can pause that long, which is scheduling, not behaviour;
 // queues larger than the stream make these tests about the bytes. Throttling
 // and the cut are tested by TestDataSlowReader and the tunnel's unit tests.
-func xferBigQueue(on map[string]string) func(mode, transport string) []string {
-	return func(mode, transport string) []string {
-		if on[mode] != transport {
+func xferBigQueue(on []pathCase) func(c pathCase) []string {
+	return func(c pathCase) []string {
+		if !xferIn(c, on) {
 			return nil
 		}
 		return []string{"--conn-queue-bytes=" + strconv.Itoa(128*xferMiB)}
@@ -194,11 +196,12 @@ func xferDownload(t testing.TB, s *harness.Server, n int64, timeout time.Duratio
 }
 
 // The 100 MiB runs are the slow part (race-built daemons on a small machine),
-// so each runs on one transport per frontend; between them the transfer and
-// the echo tests cover every frontend on every transport at 100 MiB.
+// so each test runs them on two paths; between them the transfer and the
+// echo tests cover every frontend on every transport, every frontend on
+// both links and both links on every transport at 100 MiB.
 var (
-	xferBigTransfer = map[string]string{harness.GRPC: harness.UDS, harness.HTTPConnect: harness.TCP}
-	xferBigEcho     = map[string]string{harness.GRPC: harness.TCP, harness.HTTPConnect: harness.UDS}
+	xferBigTransfer = []pathCase{{harness.GRPC, harness.UDS, linkNative}, {harness.HTTPConnect, harness.TCP, linkANP}}
+	xferBigEcho     = []pathCase{{harness.GRPC, harness.TCP, linkANP}, {harness.HTTPConnect, harness.UDS, linkNative}}
 )
 
 // TestDataTransfer moves 1 MiB and 100 MiB each way and checks every byte:
@@ -206,7 +209,7 @@ var (
 // backend to client (the backend closes after the last byte: the client must
 // read all of it, then EOF).
 func TestDataTransfer(t *testing.T) {
-	xferEachFrontend(t, xferTransports, xferBigQueue(xferBigTransfer), func(t *testing.T, s *harness.Server) {
+	xferEach(t, allPaths, xferBigQueue(xferBigTransfer), func(t *testing.T, s *harness.Server, c pathCase) {
 		t.Run("up-1MiB", func(t *testing.T) {
 			harness.LeakCheck(t)
 			xferUpload(t, s, 1*xferMiB, 32*xferKiB+1, time.Minute)
@@ -215,7 +218,7 @@ func TestDataTransfer(t *testing.T) {
 			harness.LeakCheck(t)
 			xferDownload(t, s, 1*xferMiB, time.Minute)
 		})
-		if xferBigTransfer[s.Opts.Mode] != s.Opts.Transport {
+		if !xferIn(c, xferBigTransfer) {
 			return
 		}
 		t.Run("up-100MiB", func(t *testing.T) {
@@ -230,12 +233,12 @@ func TestDataTransfer(t *testing.T) {
 }
 
 // TestDataEchoBothWays writes to an echo backend while reading the echo back
-// at the same time, and checks every byte: 100 MiB on one transport per
-// frontend, 8 MiB on the other.
+// at the same time, and checks every byte: 100 MiB on two paths, 8 MiB on
+// the others.
 func TestDataEchoBothWays(t *testing.T) {
-	xferEachFrontend(t, xferTransports, xferBigQueue(xferBigEcho), func(t *testing.T, s *harness.Server) {
+	xferEach(t, allPaths, xferBigQueue(xferBigEcho), func(t *testing.T, s *harness.Server, path pathCase) {
 		n, timeout := int64(8*xferMiB), time.Minute
-		if xferBigEcho[s.Opts.Mode] == s.Opts.Transport {
+		if xferIn(path, xferBigEcho) {
 			n, timeout = 100*xferMiB, 3*time.Minute
 		}
 		ctx := xferCtx(t, timeout)
@@ -263,7 +266,7 @@ func TestDataEchoBothWays(t *testing.T) {
 // uses konnectivity-client's reusable tunnel (one gRPC connection, one stream
 // per dial); HTTP CONNECT uses one connection per dial.
 func TestDataConcurrentConnections(t *testing.T) {
-	xferEachFrontend(t, xferTransports, nil, func(t *testing.T, s *harness.Server) {
+	xferEach(t, allPaths, nil, func(t *testing.T, s *harness.Server, _ pathCase) {
 		const n = 200
 		ctx := xferCtx(t, 90*time.Second)
 		b := harness.StartBackend(t, harness.Echo)
@@ -358,9 +361,11 @@ func TestDataConcurrentConnections(t *testing.T) {
 	})
 }
 
-// TestDataClose checks both orders of closing a tunneled connection.
+// TestDataClose checks both orders of closing a tunneled connection, on the
+// pairwise paths: on gRPC, a close mid-download leaves konnectivity-client
+// waiting out its 10 s read timeout, which the leak check waits for.
 func TestDataClose(t *testing.T) {
-	xferEachFrontend(t, xferTransports, nil, func(t *testing.T, s *harness.Server) {
+	xferEach(t, pairwisePaths, nil, func(t *testing.T, s *harness.Server, _ pathCase) {
 		// The backend sends an odd-sized answer and closes: the client reads
 		// all of it, then EOF.
 		t.Run("backend-first", func(t *testing.T) {
@@ -497,116 +502,154 @@ func TestDataClose(t *testing.T) {
 	})
 }
 
-// TestDataSlowReader stalls one connection's client while its backend keeps
-// sending, and checks what the design promises for the ANP agent wire, which
-// has no flow control: that connection alone is closed (its queue overflows,
-// or konnectivity-client gives up on data it was not asked for), while
-// another connection through the same agent keeps working before, during and
-// after the stall; the stalled client, reading again, gets a byte-exact
-// prefix of the stream and then its end.
-// TestDataSlowReader, on the ANP link (no flow control): a client that stops
-// reading is cut once its queue is full, and the link's other connections go
-// on.
-func TestDataSlowReader(t *testing.T) {
-	xferEachFrontendLink(t, []string{"--link=anp"}, xferTransports, nil, func(t *testing.T, s *harness.Server) {
-		ctx := xferCtx(t, 90*time.Second)
-		p := harness.NewPattern(8)
-		flood := harness.StartBackend(t, harness.Source(p, 1<<40, 64*xferKiB))
-		echo := harness.StartBackend(t, harness.Echo)
-		slow := xferDial(t, ctx, s, flood.Addr())
-		if r := p.ReadVerify(slow, 1*xferMiB); r.Err != nil || r.Mismatch >= 0 || r.N != 1*xferMiB {
-			t.Fatalf("stalled connection, before the stall: got %v, want 1 MiB byte-exact", r)
+// TestDataBackendReset: a backend resets its connection after part of an
+// answer; the client reads what arrived, then a reset (beneath its TLS),
+// never a clean end, over both links. It runs where a client can see a
+// reset: CONNECT over TCP (a Unix socket has no reset, and
+// konnectivity-client turns every CLOSE_RSP into EOF).
+func TestDataBackendReset(t *testing.T) {
+	paths := []pathCase{{harness.HTTPConnect, harness.TCP, linkNative}, {harness.HTTPConnect, harness.TCP, linkANP}}
+	xferEach(t, paths, nil, func(t *testing.T, s *harness.Server, _ pathCase) {
+		const n = 64 * xferKiB
+		ctx := xferCtx(t, 30*time.Second)
+		p := harness.NewPattern(9)
+		seen := make(chan struct{})
+		b := harness.StartBackend(t, func(c net.Conn) {
+			_ = p.WriteChunks(c, n, n)
+			select {
+			case <-seen:
+			case <-ctx.Done():
+			}
+			_ = c.(*net.TCPConn).SetLinger(0) // the close that follows is a reset
+		})
+		c := xferDial(t, ctx, s, b.Addr())
+		if r := p.ReadVerify(c, n); r.Err != nil || r.Mismatch >= 0 || r.N != n {
+			t.Fatalf("before the reset: %v; want %d bytes byte-exact", r, n)
 		}
-		// From here the slow client reads nothing until the flood ends.
-
-		other := xferDial(t, ctx, s, echo.Addr())
-		exchange := func(i int) error {
-			msg := fmt.Appendf(nil, "exchange %d", i)
-			if _, err := other.Write(msg); err != nil {
-				return err
-			}
-			got := make([]byte, len(msg))
-			if _, err := io.ReadFull(other, got); err != nil {
-				return err
-			}
-			if string(got) != string(msg) {
-				return fmt.Errorf("echo %q, want %q", got, msg)
-			}
-			return nil
+		close(seen)
+		if r := p.ReadVerifyAt(c, n, -1); r.N != 0 || !errors.Is(r.Err, syscall.ECONNRESET) {
+			t.Fatalf("after the backend's reset: %v (ctx %v); want a reset", r, ctx.Err())
 		}
-		// Exchange on the other connection until the flood's backend
-		// connection is closed, then a few more. Each exchange is bounded by
-		// ctx, the loop by its count (at least 30 s with the pauses).
-		var during, after int
-		for i := 0; after < 3; i++ {
-			if i == 3000 {
-				t.Fatalf("the stalled connection's backend is still open after %d exchanges on the other one", i)
-			}
-			floodOpen := flood.Open() > 0
-			if err := exchange(i); err != nil {
-				t.Fatalf("other connection, exchange %d (stalled connection's backend open: %v): %v", i, floodOpen, err)
-			}
-			if floodOpen {
-				during++
-			} else {
-				after++
-			}
-			time.Sleep(10 * time.Millisecond)
-		}
-		if during == 0 {
-			t.Errorf("no exchange on the other connection while the stalled one was open")
-		}
-		t.Logf("%d exchanges while the stalled connection was open, %d after", during, after)
-
-		r := p.ReadVerifyAt(slow, 1*xferMiB, -1)
-		if r.Mismatch >= 0 {
-			t.Fatalf("stalled connection, reading again: %v; want a byte-exact prefix, then the end", r)
-		}
-		t.Logf("stalled connection, reading again: %v", r)
-		_ = slow.Close()
-		_ = other.Close()
-		xferWaitIdle(t, flood, 15*time.Second)
-		xferWaitIdle(t, echo, 15*time.Second)
+		xferWaitIdle(t, b, 15*time.Second)
 	})
 }
 
-// TestDataSlowReaderNative, on the native link (a window per connection): a
-// client that stops reading stalls only its own connection, which stays
-// open; the link's other connections go on; when the client reads again it
-// gets every byte.
-func TestDataSlowReaderNative(t *testing.T) {
-	xferEachFrontendLink(t, []string{"--link=native"}, xferTransports, nil, func(t *testing.T, s *harness.Server) {
-		ctx := xferCtx(t, 90*time.Second)
-		p := harness.NewPattern(9)
-		const total = 48 * xferMiB
-		flood := harness.StartBackend(t, harness.Source(p, total, 64*xferKiB))
-		echo := harness.StartBackend(t, harness.Echo)
-		slow := xferDial(t, ctx, s, flood.Addr())
-		if r := p.ReadVerify(slow, 1*xferMiB); r.Err != nil || r.Mismatch >= 0 || r.N != 1*xferMiB {
-			t.Fatalf("before the stall: got %v, want 1 MiB byte-exact", r)
+// TestDataSlowReader stalls one connection's client while its backend keeps
+// sending, and checks what each link promises, on the pairwise paths: on
+// the native link (a window per connection) the stalled connection only
+// waits, and gets every byte once its client reads again; on the ANP link
+// (no flow control) it is cut once its queue is full (or konnectivity-client
+// gives up on data it was not asked for), and the stalled client, reading
+// again, gets a byte-exact prefix of the stream and then its end. On both,
+// another connection through the same agent keeps working before, during
+// and after the stall.
+func TestDataSlowReader(t *testing.T) {
+	xferEach(t, pairwisePaths, nil, func(t *testing.T, s *harness.Server, c pathCase) {
+		if c.link == linkNative {
+			xferSlowReaderWaits(t, s)
+		} else {
+			xferSlowReaderCut(t, s)
 		}
-		other := xferDial(t, ctx, s, echo.Addr())
-		for i := range 300 {
-			msg := fmt.Appendf(nil, "exchange %d", i)
-			if _, err := other.Write(msg); err != nil {
-				t.Fatalf("other connection, exchange %d: %v", i, err)
-			}
-			got := make([]byte, len(msg))
-			if _, err := io.ReadFull(other, got); err != nil || string(got) != string(msg) {
-				t.Fatalf("other connection, exchange %d: %q, %v", i, got, err)
-			}
-			time.Sleep(5 * time.Millisecond)
-		}
-		if flood.Open() != 1 {
-			t.Fatal("the stalled connection was closed; on the native link it must only wait")
-		}
-		r := p.ReadVerifyAt(slow, 1*xferMiB, total-1*xferMiB)
-		if r.Err != nil || r.Mismatch >= 0 || r.N != total-1*xferMiB {
-			t.Fatalf("stalled connection, reading again: %v; want the remaining %d bytes, byte-exact", r, total-1*xferMiB)
-		}
-		_ = slow.Close()
-		_ = other.Close()
-		xferWaitIdle(t, flood, 15*time.Second)
-		xferWaitIdle(t, echo, 15*time.Second)
 	})
+}
+
+// xferSlowReaderCut: on the ANP link, a client that stops reading is cut
+// once its queue is full, and the link's other connections go on.
+func xferSlowReaderCut(t *testing.T, s *harness.Server) {
+	ctx := xferCtx(t, 90*time.Second)
+	p := harness.NewPattern(8)
+	flood := harness.StartBackend(t, harness.Source(p, 1<<40, 64*xferKiB))
+	echo := harness.StartBackend(t, harness.Echo)
+	slow := xferDial(t, ctx, s, flood.Addr())
+	if r := p.ReadVerify(slow, 1*xferMiB); r.Err != nil || r.Mismatch >= 0 || r.N != 1*xferMiB {
+		t.Fatalf("stalled connection, before the stall: got %v, want 1 MiB byte-exact", r)
+	}
+	// From here the slow client reads nothing until the flood ends.
+
+	other := xferDial(t, ctx, s, echo.Addr())
+	exchange := func(i int) error {
+		msg := fmt.Appendf(nil, "exchange %d", i)
+		if _, err := other.Write(msg); err != nil {
+			return err
+		}
+		got := make([]byte, len(msg))
+		if _, err := io.ReadFull(other, got); err != nil {
+			return err
+		}
+		if string(got) != string(msg) {
+			return fmt.Errorf("echo %q, want %q", got, msg)
+		}
+		return nil
+	}
+	// Exchange on the other connection until the flood's backend
+	// connection is closed, then a few more. Each exchange is bounded by
+	// ctx, the loop by its count (at least 30 s with the pauses).
+	var during, after int
+	for i := 0; after < 3; i++ {
+		if i == 3000 {
+			t.Fatalf("the stalled connection's backend is still open after %d exchanges on the other one", i)
+		}
+		floodOpen := flood.Open() > 0
+		if err := exchange(i); err != nil {
+			t.Fatalf("other connection, exchange %d (stalled connection's backend open: %v): %v", i, floodOpen, err)
+		}
+		if floodOpen {
+			during++
+		} else {
+			after++
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if during == 0 {
+		t.Errorf("no exchange on the other connection while the stalled one was open")
+	}
+	t.Logf("%d exchanges while the stalled connection was open, %d after", during, after)
+
+	r := p.ReadVerifyAt(slow, 1*xferMiB, -1)
+	if r.Mismatch >= 0 {
+		t.Fatalf("stalled connection, reading again: %v; want a byte-exact prefix, then the end", r)
+	}
+	t.Logf("stalled connection, reading again: %v", r)
+	_ = slow.Close()
+	_ = other.Close()
+	xferWaitIdle(t, flood, 15*time.Second)
+	xferWaitIdle(t, echo, 15*time.Second)
+}
+
+// xferSlowReaderWaits: on the native link, a client that stops reading
+// stalls only its own connection, which stays open; the link's other
+// connections go on; when the client reads again it gets every byte.
+func xferSlowReaderWaits(t *testing.T, s *harness.Server) {
+	ctx := xferCtx(t, 90*time.Second)
+	p := harness.NewPattern(9)
+	const total = 48 * xferMiB
+	flood := harness.StartBackend(t, harness.Source(p, total, 64*xferKiB))
+	echo := harness.StartBackend(t, harness.Echo)
+	slow := xferDial(t, ctx, s, flood.Addr())
+	if r := p.ReadVerify(slow, 1*xferMiB); r.Err != nil || r.Mismatch >= 0 || r.N != 1*xferMiB {
+		t.Fatalf("before the stall: got %v, want 1 MiB byte-exact", r)
+	}
+	other := xferDial(t, ctx, s, echo.Addr())
+	for i := range 300 {
+		msg := fmt.Appendf(nil, "exchange %d", i)
+		if _, err := other.Write(msg); err != nil {
+			t.Fatalf("other connection, exchange %d: %v", i, err)
+		}
+		got := make([]byte, len(msg))
+		if _, err := io.ReadFull(other, got); err != nil || string(got) != string(msg) {
+			t.Fatalf("other connection, exchange %d: %q, %v", i, got, err)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if flood.Open() != 1 {
+		t.Fatal("the stalled connection was closed; on the native link it must only wait")
+	}
+	r := p.ReadVerifyAt(slow, 1*xferMiB, total-1*xferMiB)
+	if r.Err != nil || r.Mismatch >= 0 || r.N != total-1*xferMiB {
+		t.Fatalf("stalled connection, reading again: %v; want the remaining %d bytes, byte-exact", r, total-1*xferMiB)
+	}
+	_ = slow.Close()
+	_ = other.Close()
+	xferWaitIdle(t, flood, 15*time.Second)
+	xferWaitIdle(t, echo, 15*time.Second)
 }

@@ -15,8 +15,10 @@ import (
 
 	"k8s.io/client-go/tools/clientcmd"
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
+	clientcmdv1 "k8s.io/client-go/tools/clientcmd/api/v1"
 
 	"isthmus.dev/certs"
+	"isthmus.dev/certs/configfile"
 )
 
 // Config is a kubeconfig with one cluster, one user authenticated by a
@@ -107,9 +109,9 @@ type Source struct {
 // file names are resolved against the kubeconfig's directory), in a stable
 // order.
 func Certificates(path string) ([]Source, error) {
-	cfg, err := clientcmd.LoadFromFile(path)
+	cfg, err := LoadStrict(path)
 	if err != nil {
-		return nil, fmt.Errorf("kubeconfig %s: %w", path, err)
+		return nil, err
 	}
 	var out []Source
 	add := func(what, name string, data []byte, file string) error {
@@ -146,6 +148,29 @@ func Certificates(path string) ([]Source, error) {
 		}
 	}
 	return out, nil
+}
+
+// LoadStrict reads the kubeconfig at path as client-go does, after
+// decoding it strictly (configfile): a key in the wrong case, an unknown
+// (misspelt) key or one given twice, which client-go would ignore, is an
+// error naming the key and its line.
+func LoadStrict(path string) (*clientcmdapi.Config, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("kubeconfig: %w", err)
+	}
+	if err := configfile.Decode(data, &clientcmdv1.Config{}); err != nil {
+		sep := " "
+		if len(configfile.KeyErrors(err)) > 1 {
+			sep = "\n"
+		}
+		return nil, fmt.Errorf("kubeconfig %s:%s%w", path, sep, err)
+	}
+	cfg, err := clientcmd.Load(data)
+	if err != nil {
+		return nil, fmt.Errorf("kubeconfig %s: %w", path, err)
+	}
+	return cfg, nil
 }
 
 func sortedKeys[V any](m map[string]V) []string {

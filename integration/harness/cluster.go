@@ -66,13 +66,15 @@ type Server struct {
 	bin        string
 }
 
-// NewPKI makes a certificate bundle in a test temp dir.
+// NewPKI makes a certificate bundle in a test temp dir; its private keys
+// are registered as secrets (RegisterBundle).
 func NewPKI(t testing.TB) *certs.Bundle {
 	t.Helper()
 	b, err := certs.NewBundle(t.TempDir())
 	if err != nil {
 		t.Fatal(err)
 	}
+	RegisterBundle(t, b) // no process may print its keys (secrets.go)
 	return b
 }
 

@@ -29,7 +29,9 @@ var (
 	patternCache = map[uint64]*Pattern{}
 )
 
-// NewPattern returns the stream of seed (tables are cached per process).
+// NewPattern returns the stream of seed. Its table (4 MiB) is cached for
+// the life of the process: a test of many connections shares a handful of
+// seeds out among them.
 func NewPattern(seed uint64) *Pattern {
 	patternMu.Lock()
 	defer patternMu.Unlock()

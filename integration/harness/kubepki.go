@@ -40,6 +40,7 @@ func NewKubePKI(t testing.TB, dir string) *KubePKI {
 	if err != nil {
 		t.Fatal(err)
 	}
+	RegisterKeyPEM(t, "the Kubernetes CA's key", ca.KeyPEM)
 	p := &KubePKI{Dir: dir, CA: filepath.Join(dir, "ca.crt"), ca: ca}
 	if err := certs.WriteFileAtomic(p.CA, ca.CertPEM, 0o644); err != nil {
 		t.Fatal(err)
@@ -79,7 +80,7 @@ func (p *KubePKI) IssueServing(t testing.TB, name string, ips ...string) (cert, 
 }
 
 // issue writes name-<n>.crt and .key: tests sharing the PKI may issue the
-// same name at once.
+// same name at once. The key is registered as a secret (secrets.go).
 func (p *KubePKI) issue(t testing.TB, name string, r certs.Request) (cert, key string) {
 	t.Helper()
 	pair, err := p.ca.Issue(r)
@@ -87,6 +88,7 @@ func (p *KubePKI) issue(t testing.TB, name string, r certs.Request) (cert, key s
 		t.Fatal(err)
 	}
 	name += "-" + strconv.Itoa(int(p.seq.Add(1)))
+	RegisterKeyPEM(t, "the private key of "+name, pair.KeyPEM)
 	if cert, key, err = pair.WritePair(p.Dir, name); err != nil {
 		t.Fatal(err)
 	}
@@ -109,7 +111,9 @@ func writeSAKeys(t testing.TB, dir string) (private, public string) {
 		t.Fatal(err)
 	}
 	private, public = filepath.Join(dir, "sa.key"), filepath.Join(dir, "sa.pub")
-	if err := certs.WriteFileAtomic(private, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}), 0o600); err != nil {
+	keyPEM := pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der})
+	RegisterKeyPEM(t, "the service-account signing key", keyPEM)
+	if err := certs.WriteFileAtomic(private, keyPEM, 0o600); err != nil {
 		t.Fatal(err)
 	}
 	if err := certs.WriteFileAtomic(public, pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: pub}), 0o644); err != nil {

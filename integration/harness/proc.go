@@ -75,7 +75,7 @@ func Start(t testing.TB, name, bin string, args ...string) *Proc {
 			}
 		}
 		p.Kill()
-		out := p.out.String()
+		out := checkSecrets(t, name, p.out.String()) // masked, if it held any
 		if strings.Contains(out, "WARNING: DATA RACE") {
 			t.Errorf("%s reported a data race:\n%s", name, out)
 		} else if t.Failed() {

@@ -32,9 +32,14 @@ func NewTokenFile(t testing.TB, token string) *TokenFile {
 	return f
 }
 
-// Write replaces the token, as the kubelet does when it rotates it.
+// Write replaces the token, as the kubelet does when it rotates it. A
+// token of 16 bytes or more is registered as a secret (secrets.go); a
+// shorter one is a test's deliberate nonsense.
 func (f *TokenFile) Write(t testing.TB, token string) {
 	t.Helper()
+	if len(token) >= minSecret {
+		RegisterSecret(t, "the token in "+f.dir, token)
+	}
 	version := "..v" + strconv.Itoa(int(f.seq.Add(1)))
 	if err := os.Mkdir(filepath.Join(f.dir, version), 0o755); err != nil {
 		t.Fatal(err)

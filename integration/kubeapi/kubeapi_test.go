@@ -65,6 +65,7 @@ func TestKubeAPIServerThroughTunnel(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
+			harness.RegisterBundle(t, pki)
 			uds := harness.UDSPath(t)
 			cp := startEgressControlPlane(t, mode, uds)
 			startFakeKubelet(t, w, cp.PKI)

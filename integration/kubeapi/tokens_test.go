@@ -122,6 +122,7 @@ func TestAgentTokenRefused(t *testing.T) {
 	}
 	backend := harness.StartBackend(t, harness.Echo)
 	expectNoTraffic(t, s, backend)
+	expectRefusalsLoggedOnce(t, s) // security_test.go
 
 	// The same server takes the right token.
 	harness.StartAgent(t, bins, s, tokenAgent("accepted", harness.NewTokenFile(t, e.token(t)).Path, "native"))
@@ -250,11 +251,11 @@ func TestCertificateAndToken(t *testing.T) {
 	token := harness.NewTokenFile(t, e.token(t)).Path
 	s := harness.StartServer(t, bins, harness.NewPKI(t), harness.ServerOpts{Mode: harness.GRPC,
 		Auth: harness.ServerAuth{Token: e.auth.Token}})
-	var tokenOnly, both []*harness.Agent
+	var certOnly, tokenOnly, both []*harness.Agent
 	for _, link := range links {
 		cert := tokenAgent("cert-only-"+link, "", link)
 		cert.Auth.NoClientCert = false
-		harness.StartAgent(t, bins, s, cert)
+		certOnly = append(certOnly, harness.StartAgent(t, bins, s, cert))
 		tokenOnly = append(tokenOnly, harness.StartAgent(t, bins, s, tokenAgent("token-only-"+link, token, link)))
 		full := tokenAgent("both-"+link, token, link)
 		full.Auth.NoClientCert = false
@@ -272,5 +273,13 @@ func TestCertificateAndToken(t *testing.T) {
 			t.Errorf("%s, without a client certificate, is ready", a.Name)
 		}
 	}
+	// Each agent's log says which credential was missing (security_test.go).
+	for _, a := range certOnly {
+		waitAgentSays(t, a, "which presents client certificate", "and no service-account token", "service-account token refused: no_token")
+	}
+	for _, a := range tokenOnly {
+		waitAgentSays(t, a, "which presents no client certificate (--agent-cert) and service-account token from "+token, "tls: certificate required")
+	}
+	expectRefusalsLoggedOnce(t, s)
 	s.DialEcho(t, harness.StartBackend(t, harness.Echo).Addr(), "certificate and token")
 }

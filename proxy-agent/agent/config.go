@@ -15,6 +15,7 @@ import (
 	"isthmus.dev/proxy-agent/policy"
 	"isthmus.dev/tunnel/anp"
 	"isthmus.dev/tunnel/ident"
+	"isthmus.dev/tunnel/link"
 	"isthmus.dev/tunnel/native"
 )
 
@@ -45,7 +46,7 @@ type Config struct {
 	ServerCountSource  string // default (leases when counted, else answers) or max
 	Kubeconfig         string
 	KubeAPIContentType string        // default application/vnd.kubernetes.protobuf
-	KeepaliveTime      time.Duration // gRPC keepalive (default 1 h)
+	KeepaliveTime      time.Duration // gRPC keepalive (default 30 s, the least servers allow; ANP's is 1 h)
 
 	DialTimeout time.Duration // backend dial bound (default 10 s)
 	// AllowedDestinations: the destination policy (policy.Parse syntax);
@@ -56,6 +57,14 @@ type Config struct {
 	StallTimeout time.Duration
 	// StreamWindow: native link, receive window per tunneled connection (default 4 MiB).
 	StreamWindow uint32
+	// MaxPendingDials bounds the dial requests from one server in flight
+	// (received, not yet answered) on either link (default 1024); more
+	// are refused at once, so that no server can make the agent hold
+	// unbounded dials.
+	MaxPendingDials int
+	// MaxControlMessageBytes bounds a native link control message from a
+	// server (default 64 KiB); a larger one ends that link.
+	MaxControlMessageBytes int
 
 	HealthHost      string // empty = all interfaces
 	HealthPort      int    // /healthz, /readyz, /metrics (default 8093); 0 = off
@@ -80,24 +89,26 @@ func DefaultConfig() Config {
 		id = randomID()
 	}
 	return Config{
-		ProxyServerHosts:   []string{"127.0.0.1"},
-		ProxyServerPort:    8091,
-		Link:               LinkAuto,
-		AgentID:            id,
-		SyncInterval:       time.Second,
-		LeaseNamespace:     "kube-system",
-		LeaseLabel:         "k8s-app=konnectivity-server",
-		ServerCountSource:  CountSourceDefault,
-		KubeAPIContentType: "application/vnd.kubernetes.protobuf",
-		SyncIntervalCap:    10 * time.Second,
-		KeepaliveTime:      time.Hour,
-		DialTimeout:        anp.DefaultDialTimeout,
-		QueueBytes:         anp.DefaultQueueBytes,
-		StallTimeout:       anp.DefaultStallTimeout,
-		StreamWindow:       native.DefaultStreamWindow,
-		HealthPort:         8093,
-		AdminHost:          "127.0.0.1",
-		AdminPort:          8094,
+		ProxyServerHosts:       []string{"127.0.0.1"},
+		ProxyServerPort:        8091,
+		Link:                   LinkAuto,
+		AgentID:                id,
+		SyncInterval:           time.Second,
+		LeaseNamespace:         "kube-system",
+		LeaseLabel:             "k8s-app=konnectivity-server",
+		ServerCountSource:      CountSourceDefault,
+		KubeAPIContentType:     "application/vnd.kubernetes.protobuf",
+		SyncIntervalCap:        10 * time.Second,
+		KeepaliveTime:          30 * time.Second,
+		DialTimeout:            anp.DefaultDialTimeout,
+		QueueBytes:             anp.DefaultQueueBytes,
+		StallTimeout:           anp.DefaultStallTimeout,
+		StreamWindow:           native.DefaultStreamWindow,
+		MaxPendingDials:        link.DefaultPendingDials,
+		MaxControlMessageBytes: native.MaxControlFrame,
+		HealthPort:             8093,
+		AdminHost:              "127.0.0.1",
+		AdminPort:              8094,
 	}
 }
 
@@ -160,6 +171,22 @@ func (c *Config) Validate() error {
 	if _, err := policy.Parse(c.AllowedDestinations); err != nil {
 		bad("--allowed-destinations: %w", err)
 	}
+	errs = append(errs, c.validateTuning()...)
+	for name, p := range map[string]int{"--health-server-port": c.HealthPort, "--admin-server-port": c.AdminPort} {
+		if p < 0 || p > 65535 {
+			bad("%s %d: want 0 (off) to 65535", name, p)
+		}
+	}
+	if c.GracefulShutdownTimeout < 0 {
+		bad("--graceful-shutdown-timeout must not be negative")
+	}
+	return errors.Join(errs...)
+}
+
+// validateTuning checks the link's tuning and bounds.
+func (c *Config) validateTuning() []error {
+	var errs []error
+	bad := func(format string, a ...any) { errs = append(errs, fmt.Errorf(format, a...)) }
 	if c.DialTimeout <= 0 {
 		bad("--backend-dial-timeout %v: want > 0", c.DialTimeout)
 	}
@@ -172,13 +199,11 @@ func (c *Config) Validate() error {
 	if c.QueueBytes < 64<<10 {
 		bad("--conn-queue-bytes %d: want at least 65536", c.QueueBytes)
 	}
-	for name, p := range map[string]int{"--health-server-port": c.HealthPort, "--admin-server-port": c.AdminPort} {
-		if p < 0 || p > 65535 {
-			bad("%s %d: want 0 (off) to 65535", name, p)
-		}
+	if c.MaxPendingDials < 1 || c.MaxPendingDials > 1<<20 {
+		bad("--max-pending-dials-per-server %d: want 1 to %d", c.MaxPendingDials, 1<<20)
 	}
-	if c.GracefulShutdownTimeout < 0 {
-		bad("--graceful-shutdown-timeout must not be negative")
+	if c.MaxControlMessageBytes < native.MinControlMessage || c.MaxControlMessageBytes > native.MaxControlMessage {
+		bad("--max-control-message-bytes %d: want %d to %d", c.MaxControlMessageBytes, native.MinControlMessage, native.MaxControlMessage)
 	}
-	return errors.Join(errs...)
+	return errs
 }

@@ -29,6 +29,8 @@ func TestValidateNamesTheFlag(t *testing.T) {
 		{"leases need one host", func(c *Config) { c.CountServerLeases = true; c.ProxyServerHosts = []string{"a", "b"} }, "ONE --proxy-server-host"},
 		{"lease label", func(c *Config) { c.CountServerLeases = true; c.LeaseLabel = "a=b=c" }, "--lease-label"},
 		{"lease namespace", func(c *Config) { c.CountServerLeases = true; c.LeaseNamespace = "" }, "--lease-namespace"},
+		{"pending dials", func(c *Config) { c.MaxPendingDials = 0 }, "--max-pending-dials-per-server 0: want 1 to"},
+		{"control message", func(c *Config) { c.MaxControlMessageBytes = 1 << 30 }, "--max-control-message-bytes"},
 	} {
 		c := DefaultConfig()
 		tc.mut(&c)

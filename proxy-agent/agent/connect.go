@@ -18,6 +18,7 @@ import (
 	"google.golang.org/grpc/metadata"
 
 	"isthmus.dev/tunnel/anp"
+	"isthmus.dev/tunnel/limits"
 	"isthmus.dev/tunnel/link"
 	"isthmus.dev/tunnel/native"
 )
@@ -51,6 +52,10 @@ func (p *pendingLink) run(a *Agent) error {
 	err := p.held.l.Run(p.ctx)
 	p.cancel()
 	<-served
+	if errors.Is(err, native.ErrControlTooLarge) {
+		a.metrics.limits.Hit(limits.ControlMessageBytes, "tunnel ended: the proxy-server sent a control message larger than --max-control-message-bytes (a protocol violation)",
+			"server", p.held.serverID, "err", err)
+	}
 	return err
 }
 
@@ -113,13 +118,20 @@ func (a *Agent) connectNative(ctx context.Context, target string, tc *tls.Config
 		return nil, 0, err
 	}
 	h := native.Hello{AgentID: a.cfg.AgentID, Identifiers: a.cfg.AgentIdentifiers, Token: tok}
+	var serverID string // known once connected; OnBusy runs only after
 	l, w, err := native.Connect(ctx, conn, h, native.AgentOptions{
-		Config: native.Config{StreamWindow: a.cfg.StreamWindow},
-		Log:    a.log,
+		Config:       native.Config{StreamWindow: a.cfg.StreamWindow, MaxControlMessage: a.cfg.MaxControlMessageBytes},
+		Log:          a.log,
+		PendingDials: a.cfg.MaxPendingDials,
+		OnBusy:       func() { a.busy(serverID, "native", "") },
 	})
 	if err != nil {
+		if errors.Is(err, native.ErrControlTooLarge) {
+			a.metrics.limits.Hit(limits.ControlMessageBytes, "proxy-server's answer to the hello is larger than --max-control-message-bytes", "target", target, "err", err)
+		}
 		return nil, 0, a.refusal(target, err)
 	}
+	serverID = w.ServerID
 	lctx, lcancel := context.WithCancel(ctx)
 	return &pendingLink{held: &heldLink{serverID: w.ServerID, kind: "native", l: l}, ctx: lctx, cancel: lcancel, closer: l}, w.ServerCount, nil
 }
@@ -128,9 +140,10 @@ func (a *Agent) connectNative(ctx context.Context, target string, tc *tls.Config
 // headers.
 func (a *Agent) connectANP(ctx context.Context, target string, tc *tls.Config) (*pendingLink, int, error) {
 	tc.NextProtos = a.cfg.ALPNProtos
+	creds := newAlertCreds(credentials.NewTLS(tc)) // keeps the server's TLS alert (alert.go)
 	cc, err := grpc.NewClient("passthrough:///"+target,
-		grpc.WithTransportCredentials(credentials.NewTLS(tc)),
-		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: a.cfg.KeepaliveTime, PermitWithoutStream: true}),
+		grpc.WithTransportCredentials(creds),
+		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: a.cfg.KeepaliveTime, Timeout: 20 * time.Second, PermitWithoutStream: true}),
 	)
 	if err != nil {
 		return nil, 0, fmt.Errorf("connect %s: %w", target, err)
@@ -151,6 +164,9 @@ func (a *Agent) connectANP(ctx context.Context, target string, tc *tls.Config) (
 	fail := func(err error) (*pendingLink, int, error) {
 		cancel()
 		cc.Close()
+		if alert := creds.Alert(); alert != nil { // the server refused our certificate
+			err = fmt.Errorf("TLS: %w", alert)
+		}
 		return nil, 0, a.refusal(target, err)
 	}
 	stream, err := anp.OpenAgentStream(lctx, cc)
@@ -177,6 +193,8 @@ func (a *Agent) connectANP(ctx context.Context, target string, tc *tls.Config) (
 		QueueBytes:   a.cfg.QueueBytes,
 		StallTimeout: a.cfg.StallTimeout,
 		Observer:     a.metrics.packets,
+		PendingDials: a.cfg.MaxPendingDials,
+		OnBusy:       func(address string) { a.busy(id, "anp", address) },
 	})
 	return &pendingLink{held: &heldLink{serverID: id, kind: "anp", l: l}, ctx: lctx, cancel: cancel, closer: cc}, count, nil
 }

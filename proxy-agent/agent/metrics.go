@@ -10,6 +10,7 @@ import (
 	"sigs.k8s.io/apiserver-network-proxy/konnectivity-client/proto/client"
 
 	"isthmus.dev/tunnel/buildinfo"
+	"isthmus.dev/tunnel/limits"
 	"isthmus.dev/tunnel/link"
 	"isthmus.dev/tunnel/splice"
 )
@@ -30,6 +31,7 @@ type metrics struct {
 	streamFailures  *prometheus.CounterVec
 	bytes           *prometheus.CounterVec
 	packets         *packetMetrics
+	limits          *limits.Hits // bounds hit (limit_hits_total), logged rate limited
 }
 
 func newMetrics(a *Agent) *metrics {
@@ -58,6 +60,10 @@ func newMetrics(a *Agent) *metrics {
 		}, []string{"direction"}),
 	}
 	m.packets = newPacketMetrics(m.streamFailures)
+	var err error
+	if m.limits, err = limits.New(limits.Config{Registerer: m.reg, Subsystem: subsystem, Limits: limits.AgentLimits, Log: a.log}); err != nil {
+		panic(err) // a fresh registry: as MustRegister below
+	}
 	bi := buildinfo.Get()
 	build := prometheus.NewGaugeVec(prometheus.GaugeOpts{
 		Namespace: namespace, Subsystem: subsystem, Name: "build_info",

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"isthmus.dev/proxy-agent/policy"
+	"isthmus.dev/tunnel/limits"
 	"isthmus.dev/tunnel/link"
 	"isthmus.dev/tunnel/splice"
 )
@@ -33,6 +34,14 @@ func (a *Agent) serveLink(ctx context.Context, h *heldLink) {
 	}
 }
 
+// busy counts and logs (rate limited) a dial request refused for the
+// bound of dials in flight from one server (address "" on the native
+// link, where the refusal does not read it).
+func (a *Agent) busy(serverID, kind, address string) {
+	a.metrics.limits.Hit(limits.AgentPendingDials, "dial refused: --max-pending-dials-per-server dial requests from this proxy-server are in flight already (backends answer slowly, or the server sends more dials than the agent takes)",
+		"server", serverID, "link", kind, "address", limits.Clip(address), "max", a.cfg.MaxPendingDials)
+}
+
 // dialed is the outcome of a backend dial.
 type dialed struct {
 	backend net.Conn
@@ -43,7 +52,7 @@ type dialed struct {
 // serve answers one dial request, whichever link it came on: policy, dial,
 // answer, splice, metrics. It is the only place the agent does this.
 func (a *Agent) serve(r link.Request, log *slog.Logger) {
-	address := r.Address()
+	address := limits.Clip(r.Address()) // for the logs: it comes from a client of the server
 	// The dial (name resolution, connect) grows the stack; it runs on a
 	// goroutine of its own so that this one, which copies for the
 	// connection's whole life, stays small.

@@ -138,7 +138,9 @@ func addBackendFlags(fs *pflag.FlagSet, c *agent.Config) {
 	fs.IntVar(&c.QueueBytes, "conn-queue-bytes", c.QueueBytes, "per-connection receive queue on the ANP link (it has no flow control): a backend slower than its client throttles the link once its queue is full")
 	fs.Uint32Var(&c.StreamWindow, "stream-window", c.StreamWindow, "native link: how many bytes one tunneled connection may have in flight toward this agent (its receive window); the 4 MiB default fills a 1 Gbit/s link at 20 ms round trip")
 	fs.DurationVar(&c.StallTimeout, "conn-stall-timeout", c.StallTimeout, "a connection whose queue is full and whose backend takes nothing for this long is closed alone, so that it cannot stall the link's other connections longer")
-	fs.DurationVar(&c.KeepaliveTime, "keepalive-time", c.KeepaliveTime, "gRPC keepalive interval to the servers")
+	fs.DurationVar(&c.KeepaliveTime, "keepalive-time", c.KeepaliveTime, "gRPC keepalive on the ANP link: a link silent this long is pinged, and dropped when the ping gets no answer within 20 s; below 30s, servers (ANP's and isthmus's) close the link for pinging too often (ANP's default, 1h, leaves a dead path unnoticed for an hour)")
+	fs.IntVar(&c.MaxPendingDials, "max-pending-dials-per-server", c.MaxPendingDials, "dial requests from one proxy-server the agent holds at once (received, not yet answered: queued or dialing), on either link; more are refused at once as \"agent busy\", so that no server can make the agent hold unbounded dials")
+	fs.IntVar(&c.MaxControlMessageBytes, "max-control-message-bytes", c.MaxControlMessageBytes, "native link: largest control message accepted from a proxy-server, in bytes; a larger one ends that link as a protocol violation")
 }
 
 // addPortFlags: health, admin and lifecycle.

@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"github.com/spf13/pflag"
+
+	"isthmus.dev/tunnel/limits"
 )
 
 // The kubeadm guide's agent command line parses into the Config it means.
@@ -37,6 +39,10 @@ func TestFlagsMapOntoConfig(t *testing.T) {
 	if strings.Join(c.ProxyServerHosts, "|") != "a|b" || c.AllowedDestinations != "10.0.0.0/8:10250" || !c.SyncForever ||
 		c.DialTimeout != 3*time.Second || c.Link != "anp" {
 		t.Fatalf("config %+v", c)
+	}
+	if o, err := Parse([]string{"--max-pending-dials-per-server=7", "--max-control-message-bytes=8192"}, io.Discard); err != nil ||
+		o.Config.MaxPendingDials != 7 || o.Config.MaxControlMessageBytes != 8192 {
+		t.Fatalf("bounds flags: %v", err)
 	}
 	if _, err := Parse([]string{"--count-server-leases", "--lease-label=k8s-app=konnectivity-server", "--server-count-source=max"}, io.Discard); err != nil {
 		t.Fatalf("lease counting refused: %v", err)
@@ -75,5 +81,17 @@ func TestHelpAndVersion(t *testing.T) {
 	o, err := Parse([]string{"--version", "--xfr-channel-size=0"}, io.Discard)
 	if err != nil || !o.Version {
 		t.Fatalf("--version: %+v %v", o, err)
+	}
+}
+
+// Every bound the agent counts in limit_hits_total has the flag that
+// limits.Flags names for it (the log lines and the soak table name it).
+func TestEveryLimitHasItsFlag(t *testing.T) {
+	fs, _, _ := NewFlagSet(io.Discard)
+	for _, l := range limits.AgentLimits {
+		name, ok := limits.Flags[l]
+		if !ok || fs.Lookup(name) == nil {
+			t.Errorf("limit %s: flag %q (in limits.Flags: %v) is not a proxy-agent flag", l, name, ok)
+		}
 	}
 }

@@ -12,6 +12,7 @@ import (
 	"log/slog"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"google.golang.org/grpc"
@@ -25,6 +26,8 @@ import (
 	"isthmus.dev/proxy-server/routing"
 	"isthmus.dev/tunnel/anp"
 	"isthmus.dev/tunnel/ident"
+	"isthmus.dev/tunnel/limits"
+	"isthmus.dev/tunnel/native"
 )
 
 // Link kinds: the link label of the agent metrics and the routing.Backend
@@ -55,9 +58,16 @@ type Server struct {
 	QueueBytes  int // per-connection receive queue; 0 = default
 	// StallTimeout: a full queue whose reader takes nothing this long is closed; 0 = default.
 	StallTimeout time.Duration
-	Log          *slog.Logger
-	Metrics      *Metrics     // nil: not measured
-	Observer     anp.Observer // sees the ANP links' packets; nil: none
+	// MaxLinksPerAgent bounds the links one agent id may hold at once; 0 =
+	// DefaultMaxLinksPerAgent.
+	MaxLinksPerAgent int
+	Log              *slog.Logger
+	Metrics          *Metrics     // nil: not measured
+	Observer         anp.Observer // sees the ANP links' packets; nil: none
+	Limits           *limits.Hits // counts and logs the bounds hit; nil: neither
+
+	idsMu sync.Mutex
+	links map[string]int // links by agent id (claim)
 }
 
 // Register adds the service to s.
@@ -80,6 +90,12 @@ func (s *Server) Connect(stream grpc.BidiStreamingServer[client.Packet, client.P
 		s.refused(LinkANP, agentID, remote, err)
 		return status.Error(codes.Unauthenticated, err.Error())
 	}
+	release, err := s.claim(agentID)
+	if err != nil {
+		s.tooManyLinks(LinkANP, remote, err.(*LinkLimitError))
+		return status.Error(codes.ResourceExhausted, err.Error())
+	}
+	defer release()
 	log := s.Log.With("agent", agentID)
 	hdr := metadata.Pairs(anp.MDServerID, s.ServerID, anp.MDServerCount, strconv.Itoa(s.ServerCount))
 	if err := stream.SendHeader(hdr); err != nil {
@@ -137,6 +153,11 @@ func (s *Server) serve(ctx context.Context, b *routing.Backend, run func(context
 	defer s.Metrics.linkDown(b.Kind)
 	defer s.Registry.Remove(b)
 	err := run(ctx)
+	if errors.Is(err, native.ErrControlTooLarge) {
+		s.Limits.Hit(limits.ControlMessageBytes, "agent link ended: the agent sent a control message larger than --max-control-message-bytes (a protocol violation)",
+			"agent", b.AgentID, "link", b.Kind, "err", err)
+		return
+	}
 	s.Log.Info("agent link ended", "agent", b.AgentID, "link", b.Kind, "err", err)
 }
 

@@ -90,7 +90,11 @@ type port struct {
 
 // startPort serves an agent port on loopback, with token authentication
 // when withAuth is set.
-func startPort(t *testing.T, withAuth bool) *port {
+func startPort(t *testing.T, withAuth bool) *port { t.Helper(); return startPortWith(t, withAuth, nil) }
+
+// startPortWith is startPort with tune applied to the server and the port
+// before they serve.
+func startPortWith(t *testing.T, withAuth bool, tune func(*Server, *Port)) *port {
 	t.Helper()
 	b, err := certs.NewBundle(t.TempDir())
 	if err != nil {
@@ -122,6 +126,9 @@ func startPort(t *testing.T, withAuth bool) *port {
 	g := grpc.NewServer(grpc.Creds(HandshakenCreds()))
 	srv.Register(g)
 	pt := &Port{TLS: &tls.Config{Certificates: []tls.Certificate{pair}, MinVersion: tls.VersionTLS12}, GRPC: g, Agents: srv, Log: log}
+	if tune != nil {
+		tune(srv, pt)
+	}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)

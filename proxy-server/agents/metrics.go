@@ -23,12 +23,12 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 		}, []string{"link"}),
 		refusals: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: "konnectivity_network_proxy", Subsystem: "server", Name: "agent_refusals_total",
-			Help: "Agents refused on the agent port, by link (native or anp) and reason (no_token, malformed_token, token_invalid, wrong_audience, wrong_namespace, wrong_service_account, not_service_account, review_failed, bad_metadata).",
+			Help: "Agents refused on the agent port, by link (native or anp) and reason (no_token, malformed_token, token_invalid, wrong_audience, wrong_namespace, wrong_service_account, not_service_account, review_failed, bad_metadata, too_many_links).",
 		}, []string{"link", "reason"}),
 	}
 	for _, l := range []string{LinkNative, LinkANP} {
 		m.links.WithLabelValues(l)
-		for _, r := range auth.Reasons {
+		for _, r := range append(auth.Reasons[:len(auth.Reasons):len(auth.Reasons)], TooManyLinks) {
 			m.refusals.WithLabelValues(l, string(r))
 		}
 	}

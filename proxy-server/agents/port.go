@@ -15,11 +15,9 @@ import (
 	"isthmus.dev/proxy-server/auth"
 	"isthmus.dev/proxy-server/routing"
 	"isthmus.dev/tunnel/ident"
+	"isthmus.dev/tunnel/limits"
 	"isthmus.dev/tunnel/native"
 )
-
-// handshakeTimeout bounds an agent's TLS handshake on the agent port.
-const handshakeTimeout = 10 * time.Second
 
 // Port serves the agent port: one TLS listener where ALPN picks the link.
 // "isthmus/1" is the native link; anything else (upstream agents offer
@@ -29,7 +27,11 @@ type Port struct {
 	GRPC   *grpc.Server // the ANP link, built with HandshakenCreds
 	Agents *Server
 	Native native.Config
-	Log    *slog.Logger
+	// HandshakeTimeout bounds an agent's TLS handshake (0 =
+	// DefaultHandshakeTimeout); a client still handshaking then is cut.
+	HandshakeTimeout time.Duration
+	Log              *slog.Logger
+	Limits           *limits.Hits // counts and logs the bounds hit; nil: neither
 }
 
 // NextProtos are the ALPN protocols of the agent port, preferred first.
@@ -87,10 +89,20 @@ func (p *Port) Serve(ctx context.Context, ln net.Listener) error {
 }
 
 func (p *Port) handshake(ctx context.Context, tc *tls.Conn, grpcLn *chanListener) {
-	hctx, cancel := context.WithTimeout(ctx, handshakeTimeout)
+	timeout := p.HandshakeTimeout
+	if timeout <= 0 {
+		timeout = DefaultHandshakeTimeout
+	}
+	hctx, cancel := context.WithTimeout(ctx, timeout)
 	err := tc.HandshakeContext(hctx)
 	cancel()
-	if err != nil {
+	switch {
+	case err != nil && errors.Is(err, context.DeadlineExceeded) && ctx.Err() == nil:
+		p.Limits.Hit(limits.AgentHandshakeTime, "agent port: TLS handshake not finished within --agent-handshake-timeout; cut (a slow or idle client, or a port scan)",
+			"remote", tc.RemoteAddr().String(), "timeout", timeout)
+		_ = tc.Close()
+		return
+	case err != nil:
 		p.Log.Info("agent TLS handshake failed", "remote", tc.RemoteAddr().String(), "err", err)
 		_ = tc.Close()
 		return
@@ -110,7 +122,8 @@ func (s *Server) ServeNative(ctx context.Context, conn net.Conn, cfg native.Conf
 	var (
 		id      ident.Identifiers
 		agentID string
-		refused bool // Check refused the agent (and logged it)
+		refused bool   // Check refused the agent (and logged it)
+		release func() // the agent id's claim on a link
 	)
 	remote := conn.RemoteAddr().String()
 	l, err := native.Accept(ctx, conn, native.ServerOptions{
@@ -122,17 +135,41 @@ func (s *Server) ServeNative(ctx context.Context, conn net.Conn, cfg native.Conf
 			if err != nil {
 				refused = true
 				s.refused(LinkNative, agentID, remote, err)
+				return err
+			}
+			if release, err = s.claim(agentID); err != nil {
+				refused = true
+				s.tooManyLinks(LinkNative, remote, err.(*LinkLimitError))
 			}
 			return err
 		},
 	})
 	if err != nil {
+		if release != nil {
+			release()
+		}
 		if !refused {
-			s.Log.Info("native link handshake failed", "agent", agentID, "remote", remote, "err", err)
+			s.handshakeFailed(agentID, remote, err, cfg)
 		}
 		return
 	}
+	defer release()
 	s.serve(ctx, &routing.Backend{AgentID: l.Hello().AgentID, Kind: LinkNative, Ident: id, Link: l}, l.Run)
+}
+
+// handshakeFailed counts and logs a native link whose handshake failed:
+// a hello above the control message bound, or not in time, are bounds.
+func (s *Server) handshakeFailed(agentID, remote string, err error, cfg native.Config) {
+	switch {
+	case errors.Is(err, native.ErrControlTooLarge):
+		s.Limits.Hit(limits.ControlMessageBytes, "native link refused: the agent's hello is larger than --max-control-message-bytes",
+			"agent", limits.Clip(agentID), "remote", remote, "err", err)
+	case errors.Is(err, context.DeadlineExceeded):
+		s.Limits.Hit(limits.AgentHandshakeTime, "native link cut: no hello within --agent-handshake-timeout after the TLS handshake",
+			"remote", remote, "timeout", cfg.HandshakeTimeout)
+	default:
+		s.Log.Info("native link handshake failed", "agent", limits.Clip(agentID), "remote", remote, "err", err)
+	}
 }
 
 // checkNative checks a native agent's hello and sets its identifiers.

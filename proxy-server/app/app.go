@@ -49,6 +49,7 @@ func New() *Command {
 	c.addLeaseFlags()
 	c.addOpsFlags()
 	c.addTuningFlags()
+	c.addBoundsFlags()
 	return c
 }
 

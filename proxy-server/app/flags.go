@@ -8,7 +8,8 @@ func (c *Command) addFrontendFlags() {
 	fs, cfg := c.fs, &c.Config
 	fs.StringVar(&cfg.Mode, "mode", cfg.Mode, "frontend protocol: grpc (konnectivity-client) or http-connect (HTTP CONNECT)")
 	fs.StringVar(&cfg.UDSName, "uds-name", cfg.UDSName, "serve the frontend on this Unix socket (then --server-port must be 0); empty: TCP on --server-port")
-	fs.BoolVar(&cfg.DeleteUDSFile, "delete-existing-uds-file", cfg.DeleteUDSFile, "remove an existing file at --uds-name before listening")
+	fs.BoolVar(&cfg.DeleteUDSFile, "delete-existing-uds-file", cfg.DeleteUDSFile, "replace a socket left at --uds-name (by a server that died) before listening; a file there that is not a socket is never removed: the server refuses to start")
+	fs.StringVar(&cfg.UDSGroup, "uds-group", cfg.UDSGroup, "group (name or numeric gid) that may connect to the --uds-name socket: the socket is then mode 0660 and owned by that group; empty: mode 0600, only this server's user (and root) may connect. kube-apiserver must run as root, as this server's user, or in this group")
 	fs.StringVar(&cfg.ServerBindAddress, "server-bind-address", cfg.ServerBindAddress, "frontend TCP bind address (empty: all interfaces)")
 	fs.IntVar(&cfg.ServerPort, "server-port", cfg.ServerPort, "frontend TCP port; 0 with --uds-name")
 	fs.StringVar(&cfg.ServerCert, "server-cert", cfg.ServerCert, "frontend TLS certificate (TCP frontend only)")
@@ -23,7 +24,7 @@ func (c *Command) addAgentPortFlags() {
 	fs.IntVar(&cfg.AgentPort, "agent-port", cfg.AgentPort, "agent port (deployments use 8132); ALPN picks the native link (isthmus agents) or the ANP gRPC link (upstream agents)")
 	fs.StringVar(&cfg.ClusterCert, "cluster-cert", cfg.ClusterCert, "agent port TLS certificate (required; re-read when the file changes)")
 	fs.StringVar(&cfg.ClusterKey, "cluster-key", cfg.ClusterKey, "agent port TLS key (required)")
-	fs.DurationVar(&cfg.KeepaliveTime, "keepalive-time", cfg.KeepaliveTime, "gRPC keepalive interval on the agent port")
+	fs.DurationVar(&cfg.KeepaliveTime, "keepalive-time", cfg.KeepaliveTime, "gRPC keepalive on the agent port: an ANP agent link silent this long is pinged, and dropped when the ping gets no answer within 20 s (ANP's default, 1h, leaves an agent behind a dead path undetected for an hour)")
 	fs.StringVar(&cfg.ServerID, "server-id", cfg.ServerID, "this server's unique id, sent to agents and naming its lease (default: $PROXY_SERVER_ID, else the host name)")
 	fs.IntVar(&cfg.ServerCount, "server-count", cfg.ServerCount, "number of proxy-servers; agents keep connecting until they hold this many (agents with --count-server-leases count leases instead)")
 	fs.StringVar(&c.strategies, "proxy-strategies", c.strategies, "comma-separated agent choice strategies, tried in order: default (any agent), destHost (the agent whose identifiers name the destination), defaultRoute (agents with default-route=true), cidr (agents whose cidr= contains it)")
@@ -74,4 +75,18 @@ func (c *Command) addTuningFlags() {
 	fs.IntVar(&c.xfrChannel, "xfr-channel-size", 10, "accepted for ANP compatibility (must be > 0); isthmus bounds queues in bytes instead (--conn-queue-bytes)")
 	fs.Bool("warn-on-channel-limit", true, "accepted for ANP compatibility (deprecated upstream); no effect")
 	_ = fs.MarkDeprecated("warn-on-channel-limit", "it has no effect")
+}
+
+// addBoundsFlags: what clients and agents may send, how slowly, and how
+// much they may have waiting. Each bound hit counts in
+// limit_hits_total{limit} and is logged (a few lines per 10 s per limit).
+func (c *Command) addBoundsFlags() {
+	fs, cfg := c.fs, &c.Config
+	fs.IntVar(&cfg.ConnectMaxHeaderBytes, "connect-max-header-bytes", cfg.ConnectMaxHeaderBytes, "http-connect frontend: largest CONNECT request header read, in bytes; a larger one is answered 431 without being read whole (kube-apiserver sends about 60 bytes)")
+	fs.DurationVar(&cfg.ConnectHeaderTimeout, "connect-header-timeout", cfg.ConnectHeaderTimeout, "http-connect frontend: time from accept to the end of the CONNECT request header, the TLS handshake of the TCP frontend included; a slower client (slowloris) is answered 408 and cut")
+	fs.IntVar(&cfg.MaxPendingDialsPerClient, "max-pending-dials-per-client", cfg.MaxPendingDialsPerClient, "dials one frontend client may have waiting for an agent's answer; more are refused at once (http-connect: 429). A client is a process on the --uds-name socket, or an IP address on the TCP frontend")
+	fs.IntVar(&cfg.MaxPendingDialsPerAgent, "max-pending-dials-per-agent", cfg.MaxPendingDialsPerAgent, "dials that may wait for one agent's answer; an agent at this bound is passed over, and a dial no other agent can carry is refused at once (reason busy; http-connect: 503)")
+	fs.IntVar(&cfg.MaxLinksPerAgent, "max-links-per-agent", cfg.MaxLinksPerAgent, "links one agent id may hold to this server at once (an agent holds one; a second lives briefly while it reconnects); more are refused, and the agent logs why")
+	fs.DurationVar(&cfg.AgentHandshakeTimeout, "agent-handshake-timeout", cfg.AgentHandshakeTimeout, "agent port: time an agent has for its TLS handshake, and again for its link's handshake (native hello, gRPC preface); a slower client is cut")
+	fs.IntVar(&cfg.MaxControlMessageBytes, "max-control-message-bytes", cfg.MaxControlMessageBytes, "native link: largest control message (hello, drain) accepted from an agent, in bytes; a larger one ends that agent's link as a protocol violation")
 }

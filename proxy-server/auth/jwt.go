@@ -25,9 +25,10 @@ func expiry(token string) (time.Time, bool) {
 	if err := json.Unmarshal(payload, &claims); err != nil || claims.Exp == nil {
 		return time.Time{}, false
 	}
-	// exp is a NumericDate: seconds, possibly with a fraction.
+	// exp is a NumericDate: seconds, possibly with a fraction (dropped:
+	// under a second after the epoch is no expiry at all).
 	f, err := claims.Exp.Float64()
-	if err != nil || f <= 0 || f > 1<<40 {
+	if err != nil || f < 1 || f > 1<<40 {
 		return time.Time{}, false
 	}
 	return time.Unix(int64(f), 0), true

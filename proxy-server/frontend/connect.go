@@ -12,34 +12,58 @@ import (
 	"sync"
 	"time"
 
+	"isthmus.dev/tunnel/limits"
 	"isthmus.dev/tunnel/link"
 	"isthmus.dev/tunnel/splice"
 )
 
-// HeaderTimeout bounds how long a client may take to send its CONNECT request.
-const HeaderTimeout = 30 * time.Second
+// Defaults of the CONNECT request's bounds (--connect-max-header-bytes,
+// --connect-header-timeout). kube-apiserver's request is about 60 bytes,
+// sent at once.
+const (
+	DefaultMaxHeaderBytes = 4 << 10
+	DefaultHeaderTimeout  = 10 * time.Second
+)
 
 // Connect serves HTTP CONNECT as k8s.io/apiserver's egress dialer speaks it:
 // "200" only once the backend dial succeeded, nothing buffered after the
 // header, and one plain-text line for every failure (502 refused or
-// unreachable, 504 dial timeout, 503 no agent, 403 refused by the agent's
-// destination policy, 405 not CONNECT).
+// unreachable, 504 dial timeout, 503 no agent or every agent busy, 403
+// refused by the agent's destination policy, 405 not CONNECT, 400
+// malformed, 408 header too slow, 429 too many pending dials from this
+// client, 431 header too large). A request is never echoed.
 type Connect struct {
 	Dialer      Dialer
 	DialTimeout time.Duration // 0 = DefaultDialTimeout
-	Log         *slog.Logger
-	Tracker     *Tracker // optional
-	OnDial      func(frontend string, reason link.Reason, took time.Duration)
+	// MaxHeaderBytes bounds the request header read (0 = DefaultMaxHeaderBytes);
+	// a larger one is answered 431 after that many bytes.
+	MaxHeaderBytes int
+	// HeaderTimeout bounds the time from accept to the end of the header,
+	// the TLS handshake of the TCP frontend included (0 =
+	// DefaultHeaderTimeout); a slower client is answered 408.
+	HeaderTimeout time.Duration
+	// MaxPendingPerClient bounds the dials one client (clientOf) may have
+	// waiting for an agent's answer (0 = DefaultMaxPendingPerClient); more
+	// are answered 429.
+	MaxPendingPerClient int
+	Log                 *slog.Logger
+	Limits              *limits.Hits // counts and logs the bounds hit; nil: neither
+	Tracker             *Tracker     // optional
+	OnDial              func(frontend string, reason link.Reason, took time.Duration)
 
-	mu     sync.Mutex
-	conns  map[net.Conn]struct{}
-	closed bool
-	wg     sync.WaitGroup
+	clients clientLimit
+	mu      sync.Mutex
+	conns   map[net.Conn]struct{}
+	closed  bool
+	wg      sync.WaitGroup
 }
 
 // Serve accepts connections on ln until ctx ends or ln fails, then closes ln.
 // Connections already accepted go on; Close ends them.
 func (s *Connect) Serve(ctx context.Context, ln net.Listener) error {
+	if s.Limits == nil { // still log, rate limited
+		s.Limits, _ = limits.New(limits.Config{Log: s.Log})
+	}
 	stop := context.AfterFunc(ctx, func() { _ = ln.Close() })
 	defer stop()
 	var delay time.Duration
@@ -109,39 +133,33 @@ func (s *Connect) handle(c net.Conn) {
 	if s.Tracker != nil {
 		defer s.Tracker.Add()()
 	}
-	tc := splice.OnOwnStack(func() net.Conn { return s.connect(c) })
+	client := clientOf(c)
+	tc := splice.OnOwnStack(func() net.Conn { return s.connect(c, client) })
 	if tc == nil {
 		return
 	}
 	res := splice.Splice(c, tc)
-	s.Log.Debug("connection finished", "remote", c.RemoteAddr().String(), "toBackend", res.AtoB, "fromBackend", res.BtoA, "err", res.Err)
+	s.Log.Debug("connection finished", "client", client, "toBackend", res.AtoB, "fromBackend", res.BtoA, "err", res.Err)
 }
 
 // connect reads the CONNECT request, dials, and answers. It returns the
 // tunneled connection, or nil after it answered an error and closed c.
-func (s *Connect) connect(c net.Conn) net.Conn {
-	// TLS handshakes (TCP mode) happen on first read, under the same deadline.
-	_ = c.SetReadDeadline(time.Now().Add(HeaderTimeout))
-	br := bufio.NewReaderSize(c, 4096)
-	req, err := http.ReadRequest(br)
-	if err != nil {
-		s.Log.Info("bad request on http-connect frontend", "remote", c.RemoteAddr(), "err", err)
-		reply(c, http.StatusBadRequest, "malformed request: "+err.Error())
-		_ = c.Close()
+func (s *Connect) connect(c net.Conn, client string) net.Conn {
+	req, br, ok := s.readRequest(c, client)
+	if !ok {
 		return nil
 	}
 	if req.Method != http.MethodConnect {
-		reply(c, http.StatusMethodNotAllowed, "only CONNECT is served here, got "+req.Method)
-		_ = c.Close()
+		s.refuse(c, http.StatusMethodNotAllowed, "only CONNECT is served here, got "+limits.Clip(req.Method))
 		return nil
 	}
 	address := req.Host
-	log := s.Log.With("frontend", "http-connect", "address", address, "remote", c.RemoteAddr().String())
-	if _, _, err := net.SplitHostPort(address); err != nil {
-		reply(c, http.StatusBadRequest, fmt.Sprintf("CONNECT target %q is not host:port", address))
-		_ = c.Close()
+	log := s.Log.With("frontend", "http-connect", "address", limits.Clip(address), "client", client)
+	release := s.admit(c, client, address)
+	if release == nil {
 		return nil
 	}
+	defer release()
 
 	timeout := s.DialTimeout
 	if timeout <= 0 {
@@ -188,6 +206,28 @@ func (s *Connect) connect(c net.Conn) net.Conn {
 	return tc
 }
 
+// admit checks the CONNECT target and takes one of its client's
+// pending-dial places; release gives it back. Refused, it answered, closed
+// c, and returns nil.
+func (s *Connect) admit(c net.Conn, client, address string) (release func()) {
+	if err := checkAddress(address); err != nil {
+		s.Limits.Log().Log(slog.LevelInfo, "connect_bad_target", "CONNECT refused: bad target", "frontend", "http-connect", "client", client, "err", limits.Clip(err.Error()))
+		s.refuse(c, http.StatusBadRequest, limits.Clip(err.Error()))
+		return nil
+	}
+	release, pending, ok := s.clients.acquire(client, s.MaxPendingPerClient)
+	if !ok {
+		s.Limits.Hit(limits.PendingDialsClient, "dial refused: this frontend client has too many dials waiting for an agent's answer; raise --max-pending-dials-per-client if that is its normal load, else look at why agents answer slowly (dial_duration_seconds)",
+			"frontend", "http-connect", "client", client, "address", limits.Clip(address), "pending", pending)
+		if s.OnDial != nil {
+			s.OnDial("http-connect", link.ReasonBusy, 0)
+		}
+		s.refuse(c, http.StatusTooManyRequests, fmt.Sprintf("too many pending dials: this client has %d dials waiting for an agent's answer (proxy-server --max-pending-dials-per-client)", pending))
+		return nil
+	}
+	return release
+}
+
 // watchHangup cancels the dial when the client closes its connection while
 // we dial. Bytes it sends early stay in br. The returned func stops watching.
 func watchHangup(c net.Conn, br *bufio.Reader, cancel context.CancelFunc) (stop func()) {
@@ -218,7 +258,7 @@ func watchHangup(c net.Conn, br *bufio.Reader, cancel context.CancelFunc) (stop 
 
 func statusFor(r link.Reason) int {
 	switch r {
-	case link.ReasonNoAgent:
+	case link.ReasonNoAgent, link.ReasonBusy:
 		return http.StatusServiceUnavailable
 	case link.ReasonTimeout:
 		return http.StatusGatewayTimeout

@@ -3,6 +3,7 @@ package frontend
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -14,6 +15,7 @@ import (
 	"sigs.k8s.io/apiserver-network-proxy/konnectivity-client/proto/client"
 
 	"isthmus.dev/tunnel/anp"
+	"isthmus.dev/tunnel/limits"
 	"isthmus.dev/tunnel/link"
 )
 
@@ -29,8 +31,13 @@ type GRPC struct {
 
 	Dialer      Dialer
 	DialTimeout time.Duration // 0 = DefaultDialTimeout
-	Log         *slog.Logger
-	Tracker     *Tracker // optional
+	// MaxPendingPerClient bounds the dials one client (clientOfStream) may
+	// have waiting for an agent's answer (0 = DefaultMaxPendingPerClient);
+	// more are answered with a DIAL_RSP error at once.
+	MaxPendingPerClient int
+	Log                 *slog.Logger
+	Limits              *limits.Hits // counts and logs the bounds hit; nil: logs only
+	Tracker             *Tracker     // optional
 	// OnDial, if set, observes every dial: its reason ("" on success) and time.
 	OnDial func(frontend string, reason link.Reason, took time.Duration)
 	// Observer, if set, sees every packet and stream error of the client
@@ -38,11 +45,17 @@ type GRPC struct {
 	// stream_errors_total.
 	Observer anp.Observer
 
-	nextID atomic.Int64 // the connectIDs we hand to clients; never 0
+	nextID  atomic.Int64 // the connectIDs we hand to clients; never 0
+	clients clientLimit
 }
 
 // Register adds the service to s.
-func (g *GRPC) Register(s *grpc.Server) { client.RegisterProxyServiceServer(s, g) }
+func (g *GRPC) Register(s *grpc.Server) {
+	if g.Limits == nil { // still log, rate limited
+		g.Limits, _ = limits.New(limits.Config{Log: g.Log})
+	}
+	client.RegisterProxyServiceServer(s, g)
+}
 
 // dataBufs hold what one DATA packet to a client carries. Fewer, larger
 // packets cost konnectivity-client (one channel send per packet) less; 256 KiB
@@ -77,11 +90,40 @@ func (g *GRPC) Proxy(stream client.ProxyService_ProxyServer) error {
 	}
 	req := first.GetDialRequest()
 	random, address := req.GetRandom(), req.GetAddress()
-	log := g.Log.With("frontend", "grpc", "dial", random, "address", address)
-	if req.GetProtocol() != "tcp" {
-		return stream.Send(anp.DialRsp(random, 0, "protocol "+req.GetProtocol()+" not supported"))
+	who := clientOfStream(stream.Context())
+	release, refusal := g.admit(req, who)
+	if release == nil {
+		return stream.Send(anp.DialRsp(random, 0, refusal))
 	}
+	log := g.Log.With("frontend", "grpc", "dial", random, "address", limits.Clip(address), "client", who)
+	return g.dial(stream, random, address, release, log)
+}
 
+// admit checks a DIAL_REQ and takes one of its client's pending-dial
+// places; release gives it back. A refused request gets release nil and
+// the refusal (which never echoes the request whole).
+func (g *GRPC) admit(req *client.DialRequest, who string) (release func(), refusal string) {
+	address := req.GetAddress()
+	if req.GetProtocol() != "tcp" {
+		return nil, "protocol " + limits.Clip(req.GetProtocol()) + " not supported"
+	}
+	if err := checkAddress(address); err != nil {
+		g.Limits.Log().Log(slog.LevelInfo, "grpc_bad_target", "DIAL_REQ refused: bad target", "frontend", "grpc", "client", who, "err", limits.Clip(err.Error()))
+		return nil, limits.Clip(err.Error())
+	}
+	release, pending, ok := g.clients.acquire(who, g.MaxPendingPerClient)
+	if !ok {
+		g.Limits.Hit(limits.PendingDialsClient, "dial refused: this frontend client has too many dials waiting for an agent's answer; raise --max-pending-dials-per-client if that is its normal load, else look at why agents answer slowly (dial_duration_seconds)",
+			"frontend", "grpc", "client", who, "address", limits.Clip(address), "pending", pending)
+		g.observe(link.ReasonBusy, time.Now())
+		return nil, fmt.Sprintf("too many pending dials: this client has %d dials waiting for an agent's answer (proxy-server --max-pending-dials-per-client)", pending)
+	}
+	return release, ""
+}
+
+// dial dials address for the stream, answers DIAL_RSP and, connected,
+// pumps the data. release is called when the dial has ended.
+func (g *GRPC) dial(stream client.ProxyService_ProxyServer, random int64, address string, release func(), log *slog.Logger) error {
 	// The client may send DIAL_CLS or vanish while we dial: one Recv runs
 	// beside the dial, and its result is handed on to the data phase.
 	recvd := make(chan recvResult, 1)
@@ -99,6 +141,7 @@ func (g *GRPC) Proxy(stream client.ProxyService_ProxyServer) error {
 	start := time.Now()
 	go func() {
 		c, err := g.Dialer.Dial(dctx, address)
+		release() // the dial no longer waits, even if the client gave up on it before
 		dres <- dialResult{c, err}
 	}()
 	var d dialResult

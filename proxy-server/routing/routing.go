@@ -73,6 +73,11 @@ type Registry struct {
 	mu       sync.RWMutex
 	backends []*Backend
 	changed  chan struct{} // closed and replaced on every change
+
+	pmu        sync.Mutex     // after mu, never before
+	pending    map[string]int // dials waiting for an answer, by agent id
+	maxPending int            // bound of pending per agent (LimitPending)
+	onBusy     func(address string, agents []string)
 }
 
 // NewRegistry returns a registry that routes by strategies, in order.
@@ -163,26 +168,41 @@ func canServe(strategy string, b *Backend) bool {
 }
 
 // Pick chooses the backend for address ("host:port"), skipping those in
-// exclude. The first strategy with a candidate wins; among its candidates
-// non-draining ones come first, then the least loaded.
+// exclude and agents at their bound of pending dials (LimitPending). The
+// first strategy with a candidate wins; among its candidates non-draining
+// ones come first, then the least loaded (connections and pending dials). When no agent is left but some
+// were passed over for their bound, the error is link.ReasonBusy's.
 func (r *Registry) Pick(address string, exclude []*Backend) (*Backend, error) {
 	host, _, err := net.SplitHostPort(address)
 	if err != nil {
 		host = address
 	}
 	r.mu.RLock()
-	defer r.mu.RUnlock()
 	var cands []candidate
+	var full []string
 	for _, s := range r.strategies {
 		cands = cands[:0]
 		for _, b := range r.backends {
-			if !slices.Contains(exclude, b) && matches(s, b, host) {
-				cands = append(cands, candidate{b, b.Link.Active(), b.Link.Draining()})
+			if slices.Contains(exclude, b) || !matches(s, b, host) {
+				continue
 			}
+			pending, isFull := r.pendingOf(b.AgentID)
+			if isFull {
+				if !slices.Contains(full, b.AgentID) {
+					full = append(full, b.AgentID)
+				}
+				continue
+			}
+			cands = append(cands, candidate{b, b.Link.Active() + pending, b.Link.Draining()})
 		}
 		if best := choose(cands); best != nil {
+			r.mu.RUnlock()
 			return best, nil
 		}
+	}
+	r.mu.RUnlock()
+	if len(full) > 0 {
+		return nil, r.busy(address, full)
 	}
 	return nil, link.ErrNoAgent
 }
@@ -235,15 +255,27 @@ const maxAttempts = 3
 func (r *Registry) Dial(ctx context.Context, address string) (net.Conn, error) {
 	var tried []*Backend
 	var errs []error
+	var passed []string // agents that filled up between Pick and reserve
 	for range maxAttempts {
 		b, err := r.Pick(address, tried)
-		if err != nil {
-			if len(errs) > 0 {
-				return nil, errors.Join(errs...)
-			}
+		switch {
+		case err == nil:
+		case len(errs) > 0:
+			return nil, errors.Join(errs...)
+		case link.ReasonOf(err) == link.ReasonBusy:
+			return nil, err
+		case len(passed) > 0:
+			return nil, r.busy(address, passed)
+		default:
 			return nil, &link.DialError{Address: address, Reason: link.ReasonNoAgent, Err: err}
 		}
+		release, ok := r.reserve(b.AgentID)
+		if !ok {
+			tried, passed = append(tried, b), append(passed, b.AgentID)
+			continue
+		}
 		c, err := b.Link.Dial(ctx, address)
+		release()
 		if err == nil {
 			return c, nil
 		}
@@ -252,6 +284,9 @@ func (r *Registry) Dial(ctx context.Context, address string) (net.Conn, error) {
 		}
 		tried = append(tried, b)
 		errs = append(errs, err)
+	}
+	if len(errs) == 0 {
+		return nil, r.busy(address, passed)
 	}
 	return nil, errors.Join(errs...)
 }

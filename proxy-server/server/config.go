@@ -36,7 +36,8 @@ const (
 type Config struct {
 	Mode          string // grpc or http-connect (default grpc)
 	UDSName       string // Unix socket of the frontend; empty = TCP on ServerPort
-	DeleteUDSFile bool   // remove a stale socket file before listening (default true)
+	DeleteUDSFile bool   // replace a socket left at UDSName before listening (default true); never a non-socket
+	UDSGroup      string // group (name or gid) that may connect to UDSName: mode 0660; empty = owner only, 0600
 
 	ServerBindAddress string // frontend TCP bind address; empty = all
 	ServerPort        int    // frontend TCP port (default 8090); must be 0 with UDSName
@@ -93,13 +94,15 @@ type Config struct {
 
 	BackendDialTimeout      time.Duration // bounds every dial through the tunnel; 0 = 15 s
 	GracefulShutdownTimeout time.Duration // wait for in-flight connections at shutdown; 0 = do not wait
-	KeepaliveTime           time.Duration // gRPC keepalive on the agent port (default 1 h)
+	KeepaliveTime           time.Duration // gRPC keepalive on the agent port (default 10 s; ANP's is 1 h)
 	FrontendKeepaliveTime   time.Duration // gRPC keepalive on the frontend (default 1 h)
 	QueueBytes              int           // per-connection receive queue on ANP links (default 16 MiB)
 	StallTimeout            time.Duration // a full queue whose reader takes nothing this long is closed (default 50 ms)
 	StreamWindow            uint32        // native link: receive window per tunneled connection (default 4 MiB)
 	TLSMinVersion           string        // VersionTLS12 (default) or VersionTLS13
 	CipherSuites            []string      // TLS 1.2 cipher suites by Go name; empty = Go's defaults
+
+	Bounds // what clients and agents may send, how slowly, how much (bounds.go)
 }
 
 // DefaultConfig returns ANP's defaults.
@@ -126,11 +129,12 @@ func DefaultConfig() Config {
 		ServerCount:           1,
 		ProxyStrategies:       []string{routing.Default},
 		BackendDialTimeout:    15 * time.Second,
-		KeepaliveTime:         time.Hour,
+		KeepaliveTime:         10 * time.Second,
 		FrontendKeepaliveTime: time.Hour,
 		QueueBytes:            anp.DefaultQueueBytes,
 		StallTimeout:          anp.DefaultStallTimeout,
 		StreamWindow:          native.DefaultStreamWindow,
+		Bounds:                DefaultBounds(),
 	}
 }
 
@@ -147,7 +151,7 @@ func (c *Config) needsClient() bool { return c.TokenAuth() || c.EnableLeaseContr
 func (c *Config) Validate() error {
 	var errs []error
 	for _, check := range []func() []error{c.validateFrontend, c.validateAgentPort, c.validateAgentAuth,
-		c.validateKube, c.validateLeases, c.validateTuning} {
+		c.validateKube, c.validateLeases, c.validateTuning, c.Bounds.validate} {
 		errs = append(errs, check()...)
 	}
 	return errors.Join(errs...)
@@ -168,7 +172,15 @@ func (c *Config) validateFrontend() []error {
 		if c.ServerCert != "" || c.ServerKey != "" || c.ServerCACert != "" {
 			bad("--server-cert, --server-key and --server-ca-cert are for the TCP frontend and have no use with --uds-name (the socket's file permissions guard it): remove them, or remove --uds-name")
 		}
+		if c.UDSGroup != "" {
+			if _, err := udsGroupID(c.UDSGroup); err != nil {
+				errs = append(errs, err)
+			}
+		}
 		return errs
+	}
+	if c.UDSGroup != "" {
+		bad("--uds-group %q has no use without --uds-name (it is the group of the frontend's Unix socket): remove it, or set --uds-name", c.UDSGroup)
 	}
 	if c.ServerPort <= 0 || c.ServerPort > 65535 {
 		bad("--server-port %d: want 1-65535, or set --uds-name for a Unix socket", c.ServerPort)

@@ -60,7 +60,7 @@ func newMetrics(cfg *Config, registry *routing.Registry, tracker *frontend.Track
 			Buckets: []float64{0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25},
 		}),
 		dialFailures: prometheus.NewCounterVec(prometheus.CounterOpts(opts("dial_failure_count",
-			"Dials through the tunnel that failed, by reason: no_agent and frontend_close (the client gave up) as in ANP; refused, unreachable, timeout, link_closed, policy, error.")), []string{"reason"}),
+			"Dials through the tunnel that failed, by reason: no_agent and frontend_close (the client gave up) as in ANP; refused, unreachable, timeout, link_closed, policy, busy (refused by --max-pending-dials-per-client or --max-pending-dials-per-agent), error.")), []string{"reason"}),
 		frontendDial: prometheus.NewCounterVec(prometheus.CounterOpts(opts("frontend_dials_total",
 			"Dials requested by frontend clients, by frontend and result (ok or the failure reason).")), []string{"frontend", "result"}),
 		stalled: prometheus.NewCounter(prometheus.CounterOpts(opts("stalled_connections_total",

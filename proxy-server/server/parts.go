@@ -8,7 +8,6 @@ import (
 	"net"
 	"net/http"
 	"net/http/pprof"
-	"os"
 	"strconv"
 	"time"
 
@@ -19,7 +18,6 @@ import (
 
 	"isthmus.dev/proxy-server/agents"
 	"isthmus.dev/proxy-server/frontend"
-	"isthmus.dev/tunnel/native"
 )
 
 // frontendMaxMsg is the largest DATA packet a frontend client may send.
@@ -61,13 +59,17 @@ func (s *Server) build() (*parts, error) {
 			p.cancel()
 			return nil, fmt.Errorf("frontend TLS (--server-cert, --server-key, --server-ca-cert): %w", err)
 		}
-		frontendCreds = credentials.NewTLS(p.frontendTLS)
+		frontendCreds = loggedTLS{credentials.NewTLS(p.frontendTLS), s.limits.Log()} // logs refused clients
 	}
 
 	// Agent port: ALPN picks the native link or the ANP gRPC link.
 	p.agentGRPC = grpc.NewServer(
 		grpc.Creds(agents.HandshakenCreds()),
-		grpc.KeepaliveParams(keepalive.ServerParameters{Time: c.KeepaliveTime}),
+		grpc.ConnectionTimeout(c.AgentHandshakeTimeout), // the HTTP/2 preface after the TLS handshake
+		// An ANP agent link silent for KeepaliveTime is pinged, and dropped
+		// when the ping gets no answer within 20 s: a dead path (no RST, no
+		// FIN) is noticed within their sum, as on the native link.
+		grpc.KeepaliveParams(keepalive.ServerParameters{Time: c.KeepaliveTime, Timeout: 20 * time.Second}),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 30 * time.Second, PermitWithoutStream: true}),
 		grpc.StreamInterceptor(s.metrics.countStreams),
 	)
@@ -75,14 +77,15 @@ func (s *Server) build() (*parts, error) {
 	agentsSrv := &agents.Server{
 		ServerID: c.ServerID, ServerCount: c.ServerCount, Registry: s.registry, ClientCerts: c.ClusterCACert != "",
 		QueueBytes: c.QueueBytes, StallTimeout: c.StallTimeout, Log: alog, Metrics: s.agentsM,
-		Observer: streamObserver{s.metrics, segmentToAgent, segmentFromAgent},
+		Observer:         streamObserver{s.metrics, segmentToAgent, segmentFromAgent},
+		MaxLinksPerAgent: c.MaxLinksPerAgent, Limits: s.limits,
 	}
 	if s.auth != nil {
 		agentsSrv.Auth = s.auth
 	}
 	agentsSrv.Register(p.agentGRPC)
 	p.port = &agents.Port{TLS: agentTLS, GRPC: p.agentGRPC, Agents: agentsSrv, Log: alog,
-		Native: native.Config{StreamWindow: c.StreamWindow}}
+		Native: c.Bounds.nativeConfig(c.StreamWindow), HandshakeTimeout: c.AgentHandshakeTimeout, Limits: s.limits}
 
 	flog := s.log.With("component", "frontend")
 	dialer := pendingDialer{s.registry, s.metrics.pendingDials}
@@ -93,15 +96,18 @@ func (s *Server) build() (*parts, error) {
 			grpc.KeepaliveParams(keepalive.ServerParameters{Time: c.FrontendKeepaliveTime}),
 			grpc.StreamInterceptor(s.metrics.countStreams),
 		}
-		if frontendCreds != nil {
-			opts = append(opts, grpc.Creds(frontendCreds))
+		if frontendCreds == nil {
+			frontendCreds = frontend.UnixPeerCreds() // the client is the peer process
 		}
+		opts = append(opts, grpc.Creds(frontendCreds))
 		p.grpcFrontend = grpc.NewServer(opts...)
 		(&frontend.GRPC{Dialer: dialer, DialTimeout: c.BackendDialTimeout, Log: flog, Tracker: &s.tracker,
-			OnDial: s.metrics.observeDial, Observer: streamObserver{s.metrics, segmentToClient, segmentFromClient}}).Register(p.grpcFrontend)
+			OnDial: s.metrics.observeDial, Observer: streamObserver{s.metrics, segmentToClient, segmentFromClient},
+			MaxPendingPerClient: c.MaxPendingDialsPerClient, Limits: s.limits}).Register(p.grpcFrontend)
 	case ModeHTTPConnect:
 		p.connect = &frontend.Connect{Dialer: dialer, DialTimeout: c.BackendDialTimeout, Log: flog,
-			Tracker: &s.tracker, OnDial: s.metrics.observeDial}
+			Tracker: &s.tracker, OnDial: s.metrics.observeDial, MaxHeaderBytes: c.ConnectMaxHeaderBytes,
+			HeaderTimeout: c.ConnectHeaderTimeout, MaxPendingPerClient: c.MaxPendingDialsPerClient, Limits: s.limits}
 	}
 	p.health = &http.Server{Handler: s.healthMux(), ReadHeaderTimeout: 10 * time.Second}
 	p.admin = &http.Server{Handler: s.adminMux(), ReadHeaderTimeout: 10 * time.Second}
@@ -167,17 +173,13 @@ func (s *Server) listen() (*listeners, error) {
 	var err error
 	c := &s.cfg
 	if c.UDSName != "" {
-		if c.DeleteUDSFile {
-			if rerr := os.Remove(c.UDSName); rerr != nil && !errors.Is(rerr, os.ErrNotExist) {
-				return nil, fmt.Errorf("remove stale socket %s (--delete-existing-uds-file): %w", c.UDSName, rerr)
-			}
+		// 0600 (0660 with --uds-group); never removes a non-socket. Its
+		// errors name --uds-name.
+		if l.frontend, err = listenUnix(c); err != nil {
+			return nil, fmt.Errorf("frontend: %w", err)
 		}
-		l.frontend, err = net.Listen("unix", c.UDSName)
-	} else {
-		l.frontend, err = net.Listen("tcp", net.JoinHostPort(c.ServerBindAddress, strconv.Itoa(c.ServerPort)))
-	}
-	if err != nil {
-		return nil, fmt.Errorf("frontend: listen (--uds-name, --server-port): %w", err)
+	} else if l.frontend, err = net.Listen("tcp", net.JoinHostPort(c.ServerBindAddress, strconv.Itoa(c.ServerPort))); err != nil {
+		return nil, fmt.Errorf("frontend: listen (--server-port): %w", err)
 	}
 	if l.agent, err = net.Listen("tcp", net.JoinHostPort(c.AgentBindAddress, strconv.Itoa(c.AgentPort))); err != nil {
 		l.close()

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
-	"os"
 	"runtime"
 	"sync"
 	"sync/atomic"
@@ -22,6 +21,7 @@ import (
 	"isthmus.dev/proxy-server/routing"
 	"isthmus.dev/tunnel/buildinfo"
 	"isthmus.dev/tunnel/leases"
+	"isthmus.dev/tunnel/limits"
 )
 
 // leaseReleaseTimeout bounds the deletion of the server's lease at shutdown.
@@ -34,6 +34,7 @@ type Server struct {
 	registry *routing.Registry
 	metrics  *metrics
 	agentsM  *agents.Metrics
+	limits   *limits.Hits // bounds hit (limit_hits_total), logged rate limited
 	tracker  frontend.Tracker
 	auth     *auth.Authenticator // nil: token authentication off
 	leases   *leases.Controller  // nil: no lease controller
@@ -64,6 +65,10 @@ func New(cfg Config, log *slog.Logger) (*Server, error) {
 	if s.agentsM, err = agents.NewMetrics(s.metrics.reg); err != nil {
 		return nil, err
 	}
+	if s.limits, err = limits.New(limits.Config{Registerer: s.metrics.reg, Subsystem: subsystem, Limits: limits.ServerLimits, Log: log}); err != nil {
+		return nil, err
+	}
+	s.cfg.Bounds.limitRegistry(s.registry, s.limits)
 	if !cfg.needsClient() {
 		return s, nil
 	}
@@ -164,9 +169,9 @@ func (s *Server) Run(ctx context.Context) error {
 		cancel()
 	}
 	stopLeases()
-	if s.cfg.UDSName != "" {
-		_ = os.Remove(s.cfg.UDSName)
-	}
+	// The frontend's socket file went with its listener's Close (shutdown),
+	// if it was still ours: removing the path here could delete the socket
+	// of a server started since, or a file that is not a socket.
 	if err != nil {
 		s.log.Error("proxy-server stopped: a listener failed", "err", err)
 		return err

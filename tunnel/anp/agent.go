@@ -11,16 +11,16 @@ import (
 
 	"sigs.k8s.io/apiserver-network-proxy/konnectivity-client/proto/client"
 
+	"isthmus.dev/tunnel/limits"
 	"isthmus.dev/tunnel/link"
 )
 
 // DefaultDialTimeout bounds a backend dial on the agent.
 const DefaultDialTimeout = 10 * time.Second
 
-// DefaultPendingDials bounds the dial requests an agent link holds that the
-// agent has not taken yet; more are refused at once (the link's reader must
-// never block).
-const DefaultPendingDials = 1024
+// DefaultPendingDials bounds the dial requests in flight on an agent link
+// (AgentOptions.PendingDials).
+const DefaultPendingDials = link.DefaultPendingDials
 
 // AgentOptions configure an AgentLink. Zero values take the defaults.
 type AgentOptions struct {
@@ -29,8 +29,14 @@ type AgentOptions struct {
 	// StallTimeout: how long a full queue's reader may take no data before
 	// its connection is closed; 0 = DefaultStallTimeout, negative = at once.
 	StallTimeout time.Duration
-	// PendingDials bounds requests not yet taken by Accept; 0 = DefaultPendingDials.
+	// PendingDials bounds the dial requests in flight: received and not
+	// yet answered (waiting for Accept, or taken and dialing). Beyond it a
+	// DIAL_REQ is refused at once with link.BusyText (the link's reader
+	// never blocks); 0 = DefaultPendingDials.
 	PendingDials int
+	// OnBusy, if set, is called with the address of every dial refused by
+	// PendingDials, on the link's reader: it must not block.
+	OnBusy func(address string)
 	// Observer, if set, sees every packet and stream error.
 	Observer Observer
 }
@@ -38,12 +44,14 @@ type AgentOptions struct {
 // AgentLink is the proxy-agent's end of one /AgentService/Connect stream: a
 // link.Acceptor of the server's DIAL_REQs.
 type AgentLink struct {
-	ep   *endpoint
-	reqs chan *request
+	ep      *endpoint
+	reqs    chan *request
+	pending int // PendingDials
+	onBusy  func(address string)
 
 	mu     sync.Mutex
 	nextID int64
-	dials  map[int64]*request // by random: taken or queued, not yet answered
+	dials  map[int64]*request // by random: taken or queued, not yet answered (at most pending)
 }
 
 // NewAgentLink wraps an established agent stream (headers already read).
@@ -52,9 +60,11 @@ func NewAgentLink(s Stream, o AgentOptions) *AgentLink {
 		o.PendingDials = DefaultPendingDials
 	}
 	return &AgentLink{
-		ep:    newEndpoint(s, o.Log, o.QueueBytes, o.StallTimeout, o.Observer, func(id int64) *client.Packet { return closeRsp(id, "") }),
-		reqs:  make(chan *request, o.PendingDials),
-		dials: make(map[int64]*request),
+		ep:      newEndpoint(s, o.Log, o.QueueBytes, o.StallTimeout, o.Observer, func(id int64) *client.Packet { return closeRsp(id, "") }),
+		reqs:    make(chan *request, o.PendingDials),
+		pending: o.PendingDials,
+		onBusy:  o.OnBusy,
+		dials:   make(map[int64]*request),
 	}
 }
 
@@ -143,7 +153,7 @@ func (l *AgentLink) readLoop() error {
 // never blocks: it runs on the link's reader.
 func (l *AgentLink) onDialReq(random int64, protocol, address string) {
 	if protocol != "tcp" {
-		l.ep.sendLater(dialRsp(random, 0, fmt.Sprintf("protocol %q not supported", protocol)))
+		l.ep.sendLater(dialRsp(random, 0, fmt.Sprintf("protocol %q not supported", limits.Clip(protocol))))
 		return
 	}
 	ctx, cancel := context.WithCancel(context.Background())
@@ -152,18 +162,28 @@ func (l *AgentLink) onDialReq(random int64, protocol, address string) {
 	if _, dup := l.dials[random]; dup {
 		l.mu.Unlock()
 		cancel()
-		l.ep.log.Warn("duplicate dial request ignored", "dial", random, "address", address)
+		l.ep.log.Warn("duplicate dial request ignored", "dial", random, "address", limits.Clip(address))
 		return
 	}
-	select {
-	case l.reqs <- r:
-		l.dials[random] = r
-		l.mu.Unlock()
-	default:
-		l.mu.Unlock()
+	// Every request in dials is in flight. The queue is as long as the
+	// bound, but may still hold cancelled requests Accept has not taken:
+	// a full queue refuses too, never blocks.
+	queued := false
+	if len(l.dials) < l.pending {
+		select {
+		case l.reqs <- r:
+			l.dials[random] = r
+			queued = true
+		default:
+		}
+	}
+	l.mu.Unlock()
+	if !queued {
 		cancel()
-		l.ep.log.Warn("dial refused: too many dial requests waiting for the agent", "dial", random, "address", address, "pending", cap(l.reqs))
-		l.ep.sendLater(dialRsp(random, 0, fmt.Sprintf("agent busy: %d dial requests waiting", cap(l.reqs))))
+		if l.onBusy != nil { // counted before the refusal leaves
+			l.onBusy(address)
+		}
+		l.ep.sendLater(dialRsp(random, 0, link.BusyText(l.pending)))
 	}
 }
 
@@ -227,7 +247,7 @@ func (r *request) Refuse(reason link.Reason, err error) {
 	if !r.take() {
 		return
 	}
-	if serr := r.l.ep.send(dialRsp(r.random, 0, link.RefusalText(reason, err))); serr != nil && !errors.Is(serr, link.ErrLinkClosed) {
+	if serr := r.l.ep.send(dialRsp(r.random, 0, refusalText(reason, err))); serr != nil && !errors.Is(serr, link.ErrLinkClosed) {
 		r.l.ep.log.Debug("could not send a dial refusal", "dial", r.random, "err", serr)
 	}
 }

@@ -185,8 +185,13 @@ func (e *endpoint) take(id int64) *conn {
 	return c
 }
 
-// release forgets c after a local Close and tells the peer if asked.
-func (e *endpoint) release(c *conn, tell bool) {
+// cutText is the CLOSE_RSP error of a connection the agent cut.
+const cutText = "connection cut on the agent: its backend connection failed"
+
+// release forgets c after a local Close and tells the peer if asked; a
+// cut is said where the wire can say it (CLOSE_RSP's error, from the agent;
+// CLOSE_REQ has no field for it).
+func (e *endpoint) release(c *conn, tell, cut bool) {
 	e.mu.Lock()
 	if e.conns[c.id] == c {
 		delete(e.conns, c.id)
@@ -194,7 +199,11 @@ func (e *endpoint) release(c *conn, tell bool) {
 	dead := e.dead != nil
 	e.mu.Unlock()
 	if tell && !dead {
-		e.sendLater(e.closePacket(c.id))
+		p := e.closePacket(c.id)
+		if r := p.GetCloseResponse(); r != nil && cut {
+			r.Error = cutText
+		}
+		e.sendLater(p)
 	}
 }
 
@@ -210,13 +219,14 @@ func (e *endpoint) deliver(id int64, b []byte) (known bool) {
 		e.obs.Stalled()
 		e.log.Warn("closing connection: its reader stalled with a full receive queue (the ANP wire has no flow control)",
 			"conn", id, "queueBytes", e.queueLimit, "stall", e.stall)
-		c.closeRemote(fmt.Errorf("connection %d: %w (%d bytes queued, reader stalled %v)", id, link.ErrQueueOverflow, e.queueLimit, e.stall))
-		e.release(c, true)
+		c.closeRemote(fmt.Errorf("connection %d: %w (%d bytes queued, reader stalled %v)", id, link.ErrQueueOverflow, e.queueLimit, e.stall), false)
+		e.release(c, true, false)
 	}
 	return true
 }
 
-// shutdown ends the link: every connection fails with err.
+// shutdown ends the link: every connection fails with err, after the data
+// that did arrive.
 func (e *endpoint) shutdown(err error) {
 	if err == nil || errors.Is(err, io.EOF) {
 		err = link.ErrLinkClosed
@@ -235,7 +245,7 @@ func (e *endpoint) shutdown(err error) {
 	close(e.done)
 	e.mu.Unlock()
 	for _, c := range conns {
-		c.closeRemote(err)
+		c.closeRemote(err, true)
 	}
 }
 

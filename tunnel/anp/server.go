@@ -102,13 +102,18 @@ func (l *ServerLink) readLoop() error {
 			d := p.GetData()
 			l.ep.deliver(d.GetConnectID(), d.GetData())
 		case client.PacketType_CLOSE_RSP, client.PacketType_CLOSE_REQ:
-			// CLOSE_RSP answers our CLOSE_REQ or says the backend closed.
+			// CLOSE_RSP answers our CLOSE_REQ or says the backend closed;
+			// with an error, the agent cut the connection or lost it.
 			// Upstream agents never send CLOSE_REQ; treat it the same.
-			id := p.GetCloseResponse().GetConnectID()
+			id, cut := p.GetCloseResponse().GetConnectID(), p.GetCloseResponse().GetError()
 			if p.Type == client.PacketType_CLOSE_REQ {
 				id = p.GetCloseRequest().GetConnectID()
 			}
-			if c := l.ep.take(id); c != nil {
+			switch c := l.ep.take(id); {
+			case c == nil:
+			case cut != "":
+				c.peerCut(cut)
+			default:
 				c.peerClosed()
 			}
 		case client.PacketType_DIAL_CLS:

@@ -127,6 +127,25 @@ var (
 	DialCls  = dialCls
 )
 
+// refusalText is the DIAL_RSP error of a refused dial: the agent's words,
+// led by the words reasonFromWire reads as reason when they lack them, so
+// that the reason crosses a wire that carries only text.
+func refusalText(r link.Reason, err error) string {
+	text := link.RefusalText(r, err)
+	if w, ok := reasonWords[r]; ok && reasonFromWire(text) != r {
+		return w + ": " + text
+	}
+	return text
+}
+
+// reasonWords are words reasonFromWire reads as each reason.
+var reasonWords = map[link.Reason]string{
+	link.ReasonTimeout:     "timeout",
+	link.ReasonRefused:     "connection refused",
+	link.ReasonUnreachable: "network is unreachable",
+	link.ReasonPolicy:      "not allowed by policy",
+}
+
 // reasonFromWire classifies a DIAL_RSP error. The ANP wire carries a dial's
 // failure only as text (Go's error string on upstream agents and on ours), so
 // this is the one place where isthmus reads an error's words: the wire gives

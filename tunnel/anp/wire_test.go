@@ -1,6 +1,7 @@
 package anp
 
 import (
+	"errors"
 	"testing"
 
 	"sigs.k8s.io/apiserver-network-proxy/konnectivity-client/proto/client"
@@ -46,6 +47,21 @@ func TestReasonFromWire(t *testing.T) {
 	} {
 		if got := reasonFromWire(msg); got != want {
 			t.Errorf("reasonFromWire(%q) = %s, want %s", msg, got, want)
+		}
+	}
+}
+
+// A refused dial's reason crosses the ANP wire whatever the agent's words.
+func TestRefusalTextKeepsTheReason(t *testing.T) {
+	for r := range reasonWords {
+		for _, words := range []string{"", "destination 10.0.0.1:22 is outside the allowed list", string(r) + " happened"} {
+			var err error
+			if words != "" {
+				err = errors.New(words)
+			}
+			if got := reasonFromWire(refusalText(r, err)); got != r {
+				t.Errorf("reason %s with words %q: read back as %s", r, words, got)
+			}
 		}
 	}
 }

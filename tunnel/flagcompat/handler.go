@@ -66,9 +66,15 @@ func (k *klogHandler) Enabled(ctx context.Context, level slog.Level) bool {
 // levelOff marks a V-level above -v.
 const levelOff = slog.Level(-1 << 30)
 
+// maxKlogV is the highest klog V-level logged, whatever -v says: from 8
+// on client-go logs the bodies of its requests and answers, and a
+// TokenReview's hold the token of the agent it reviews. No log may hold a
+// secret.
+const maxKlogV = 7
+
 func (k *klogHandler) level(l slog.Level) slog.Level {
 	switch v := -int(l); {
-	case v > k.verbosity:
+	case v > k.verbosity, v > maxKlogV:
 		return levelOff
 	case v >= 3:
 		return slog.LevelDebug

@@ -54,7 +54,7 @@ func readKlogFlags() []klogFlag {
 // notes complete klog's help text where isthmus's own (slog) output differs
 // or needs saying.
 var notes = map[string]string{
-	"v":                 "; isthmus: 0-2 info, 3 and up adds per-connection debug logs (never per packet)",
+	"v":                 "; isthmus: 0-2 info, 3 and up adds per-connection debug logs (never per packet); the Kubernetes client's logs stop at 7 (from 8 on they would show request bodies, and a TokenReview's holds an agent's token)",
 	"log_file":          " (appended; klog's underscore spellings such as --log_file work too)",
 	"log_dir":           "; isthmus writes <program>.log there when --log-file is empty (default: the system temporary directory)",
 	"log_file_max_size": " (no effect on isthmus's own logs: never rotated)",

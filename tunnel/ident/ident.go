@@ -32,13 +32,15 @@ func Parse(s string) (Identifiers, error) {
 		for _, v := range vals {
 			switch key {
 			case "host":
-				id.Hosts = append(id.Hosts, strings.ToLower(v))
+				id.Hosts = append(id.Hosts, canonicalHost(v))
 			case "ipv4", "ipv6":
 				a, err := netip.ParseAddr(v)
 				if err != nil || (key == "ipv4") != a.Is4() {
 					return id, fmt.Errorf("agent identifiers: %s=%q is not an %s address", key, v, strings.ToUpper(key[:2])+key[2:])
 				}
-				if key == "ipv4" {
+				// An IPv4-mapped IPv6 address is the IPv4 address a dial
+				// to it reaches (MatchesHost unmaps what it is given).
+				if a = a.Unmap(); a.Is4() {
 					id.IPv4 = append(id.IPv4, a)
 				} else {
 					id.IPv6 = append(id.IPv6, a)
@@ -48,7 +50,7 @@ func Parse(s string) (Identifiers, error) {
 				if err != nil {
 					return id, fmt.Errorf("agent identifiers: cidr=%q: %w", v, err)
 				}
-				id.CIDRs = append(id.CIDRs, p.Masked())
+				id.CIDRs = append(id.CIDRs, unmapPrefix(p.Masked()))
 			case "default-route":
 				b, err := strconv.ParseBool(v)
 				if err != nil {
@@ -59,6 +61,24 @@ func Parse(s string) (Identifiers, error) {
 		}
 	}
 	return id, nil
+}
+
+// canonicalHost is a host= value as MatchesHost compares it: an address
+// (brackets or not) in its canonical form, unmapped; a name in lower case.
+func canonicalHost(v string) string {
+	if a, err := netip.ParseAddr(strings.Trim(v, "[]")); err == nil {
+		return a.Unmap().String()
+	}
+	return strings.ToLower(v)
+}
+
+// unmapPrefix turns a prefix of IPv4-mapped IPv6 addresses into the IPv4
+// prefix, which InCIDR compares unmapped addresses with.
+func unmapPrefix(p netip.Prefix) netip.Prefix {
+	if a := p.Addr(); a.Is4In6() && p.Bits() >= 96 {
+		return netip.PrefixFrom(a.Unmap(), p.Bits()-96)
+	}
+	return p
 }
 
 // MatchesHost reports whether host (a name or an IP literal, no port) is

@@ -49,3 +49,27 @@ func TestParseRejects(t *testing.T) {
 		t.Errorf("empty identifiers: %+v, %v", id, err)
 	}
 }
+
+// Addresses are kept in the form dials are compared in: a dial to an
+// IPv4-mapped address reaches the IPv4 address, and a host= address may
+// come in brackets or in any spelling.
+func TestParseNormalizesAddresses(t *testing.T) {
+	id, err := Parse("ipv6=::ffff:10.0.0.5&cidr=::ffff:10.1.0.0/112&host=%5BFD00::0005%5D&host=::FFFF:10.2.0.1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(id.IPv4) != 1 || id.IPv4[0].String() != "10.0.0.5" || len(id.IPv6) != 0 {
+		t.Errorf("ipv6=::ffff:10.0.0.5: %v %v", id.IPv4, id.IPv6)
+	}
+	if len(id.CIDRs) != 1 || id.CIDRs[0].String() != "10.1.0.0/16" {
+		t.Errorf("cidr=::ffff:10.1.0.0/112: %v", id.CIDRs)
+	}
+	for host, want := range map[string]bool{"10.0.0.5": true, "::ffff:10.0.0.5": true, "fd00::5": true, "[fd00::5]": true, "10.2.0.1": true, "fd00::6": false} {
+		if got := id.MatchesHost(host); got != want {
+			t.Errorf("MatchesHost(%q) = %v, want %v", host, got, want)
+		}
+	}
+	if !id.InCIDR("10.1.2.3") || !id.InCIDR("::ffff:10.1.2.3") || id.InCIDR("10.2.0.1") {
+		t.Errorf("InCIDR with %v", id.CIDRs)
+	}
+}

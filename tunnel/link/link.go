@@ -13,6 +13,8 @@ import (
 	"errors"
 	"fmt"
 	"net"
+
+	"isthmus.dev/tunnel/limits"
 )
 
 // Dialer is the server side of a link: it asks the agent at the other end to
@@ -66,7 +68,27 @@ var (
 	ErrQueueOverflow = errors.New("receive queue overflow")
 	// ErrDialCancelled: the server cancelled the dial before the answer.
 	ErrDialCancelled = errors.New("dial cancelled by the server")
+	// ErrAborted: the other end of a tunneled connection was cut (its
+	// backend or client reset, or its peer dropped it), not closed: what
+	// was read before it may be truncated. It is never a net.ErrClosed, so
+	// a splice passes the cut on.
+	ErrAborted = errors.New("connection cut at the other end")
+	// ErrAgentBusy: the agent refused a dial because as many dial
+	// requests from that server as it takes are in flight already.
+	ErrAgentBusy = errors.New("agent busy")
 )
+
+// DefaultPendingDials is the default bound of the dial requests in flight
+// on the agent end of a link (received, not yet answered); beyond it the
+// agent refuses at once, so that a server cannot make it hold unbounded
+// dials.
+const DefaultPendingDials = 1024
+
+// BusyText is the refusal an agent sends for a dial beyond its bound of
+// pending dials.
+func BusyText(pending int) string {
+	return fmt.Sprintf("%v: %d dial requests from this server are in flight already (proxy-agent --max-pending-dials-per-server)", ErrAgentBusy, pending)
+}
 
 // Reason classifies a failed dial. It is a metric label and picks the HTTP
 // status of the CONNECT frontend.
@@ -81,6 +103,7 @@ const (
 	ReasonLinkClosed  Reason = "link_closed" // the agent's link broke mid-dial
 	ReasonCancelled   Reason = "cancelled"   // the client gave up
 	ReasonPolicy      Reason = "policy"      // refused by the agent's policy
+	ReasonBusy        Reason = "busy"        // refused by a bound of proxy-server on pending dials
 	ReasonError       Reason = "error"       // anything else
 )
 
@@ -92,11 +115,13 @@ type DialError struct {
 	Err     error
 }
 
+// Error names the address clipped (it comes from a client, and the error
+// goes into logs and answers).
 func (e *DialError) Error() string {
 	if e.Agent != "" {
-		return fmt.Sprintf("dial %s via agent %s: %s: %v", e.Address, e.Agent, e.Reason, e.Err)
+		return fmt.Sprintf("dial %s via agent %s: %s: %v", limits.Clip(e.Address), e.Agent, e.Reason, e.Err)
 	}
-	return fmt.Sprintf("dial %s: %s: %v", e.Address, e.Reason, e.Err)
+	return fmt.Sprintf("dial %s: %s: %v", limits.Clip(e.Address), e.Reason, e.Err)
 }
 
 func (e *DialError) Unwrap() error { return e.Err }

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/yamux"
@@ -29,15 +30,24 @@ var ErrRefused = errors.New("native link: refused by the server")
 type AgentOptions struct {
 	Config Config
 	Log    *slog.Logger
+	// PendingDials bounds the server's dial requests in flight on the
+	// link: received and not yet answered (waiting for Accept, or taken
+	// and dialing). Beyond it a dial is refused at once with
+	// link.BusyText; 0 = link.DefaultPendingDials.
+	PendingDials int
+	// OnBusy, if set, is called for every dial refused by PendingDials,
+	// on the link's accept loop: it must not block.
+	OnBusy func()
 }
 
 // AgentLink is the proxy-agent's end of a native link: a link.Acceptor of
 // the server's dials, each a yamux stream.
 type AgentLink struct {
 	*session
-	opts AgentOptions
-	reqs chan *request
-	wg   sync.WaitGroup // stream readers
+	opts    AgentOptions
+	reqs    chan *request
+	wg      sync.WaitGroup // stream readers
+	pending atomic.Int64   // dial requests in flight (opts.PendingDials bounds it)
 }
 
 // Connect runs the agent side of the handshake on conn (a TLS connection
@@ -60,7 +70,7 @@ func Connect(ctx context.Context, conn net.Conn, h Hello, o AgentOptions) (*Agen
 	}
 	var m ctl
 	if err == nil {
-		m, err = readCtl(ctrl)
+		m, err = readCtl(ctrl, o.Config.MaxControlMessage)
 	}
 	switch {
 	case err != nil:
@@ -86,7 +96,10 @@ func Connect(ctx context.Context, conn net.Conn, h Hello, o AgentOptions) (*Agen
 		log = slog.New(slog.DiscardHandler)
 	}
 	w = Welcome{ServerID: m.ServerID, ServerCount: m.ServerCount}
-	return &AgentLink{session: newSession(ys, ctrl, log.With("server", w.ServerID)), opts: o, reqs: make(chan *request)}, w, nil
+	if o.PendingDials <= 0 {
+		o.PendingDials = link.DefaultPendingDials
+	}
+	return &AgentLink{session: newSession(ys, ctrl, log.With("server", w.ServerID), o.Config), opts: o, reqs: make(chan *request)}, w, nil
 }
 
 // Done is closed when the link has ended.
@@ -109,6 +122,10 @@ func (l *AgentLink) Run(ctx context.Context) error {
 			st, err := l.ys.AcceptStream()
 			if err != nil {
 				return
+			}
+			if l.pending.Add(1) > int64(l.opts.PendingDials) {
+				l.refuseBusy(st)
+				continue
 			}
 			l.wg.Add(1)
 			go func() {
@@ -137,25 +154,43 @@ func (l *AgentLink) Accept(ctx context.Context) (link.Request, error) {
 	}
 }
 
+// refuseBusy answers a dial beyond PendingDials without reading its
+// header (a flood must cost nothing but the answer) and closes the stream.
+// It runs on the accept loop: a session too slow to take the answer slows
+// the server's next dials, which is the point.
+func (l *AgentLink) refuseBusy(st *yamux.Stream) {
+	n := l.pending.Add(-1)
+	// Counted before the answer leaves: whoever sees the refusal sees it
+	// counted.
+	if l.opts.OnBusy != nil {
+		l.opts.OnBusy()
+	}
+	_ = writeAnswer(st, answerCode(link.ReasonError), link.BusyText(int(n)))
+	_ = st.Close()
+}
+
 // request reads one data stream's dial header, hands the request to
 // Accept, and then watches the stream until the request is answered: the
 // server sends nothing before the answer, so anything it does meanwhile
-// (its FIN, an abort, the session ending) cancels the dial.
+// (its FIN, an abort, the session ending) cancels the dial. The request
+// counts as pending from the stream's accept until its answer.
 func (l *AgentLink) request(st *yamux.Stream) {
 	c := l.track(st)
 	_ = st.SetReadDeadline(time.Now().Add(l.opts.Config.handshakeTimeout()))
 	address, err := readHeader(st)
 	if err != nil {
+		l.pending.Add(-1)
 		l.log.Warn("bad dial header from the server", "stream", st.StreamID(), "err", err)
 		c.Close()
 		return
 	}
 	_ = st.SetReadDeadline(time.Time{})
 	ctx, cancel := context.WithCancel(context.Background())
-	r := &request{c: c, address: address, ctx: ctx, cancel: cancel, watched: make(chan struct{})}
+	r := &request{c: c, address: address, ctx: ctx, cancel: cancel, watched: make(chan struct{}), pending: &l.pending}
 	select {
 	case l.reqs <- r:
 	case <-l.done():
+		l.pending.Add(-1)
 		cancel()
 		c.Close()
 		return
@@ -175,6 +210,7 @@ type request struct {
 	cancel  context.CancelFunc
 	watched chan struct{} // closed when the stream watcher stopped
 	once    sync.Once
+	pending *atomic.Int64 // the link's count of pending dials, decremented at the answer
 }
 
 func (r *request) Address() string          { return r.address }
@@ -195,6 +231,7 @@ func (r *request) Accept(net.Conn) (net.Conn, error) {
 	var err error
 	r.once.Do(func() {
 		first = true
+		r.pending.Add(-1)
 		switch {
 		case !r.answer():
 			err = link.ErrDialCancelled
@@ -218,6 +255,7 @@ func (r *request) Accept(net.Conn) (net.Conn, error) {
 
 func (r *request) Refuse(reason link.Reason, err error) {
 	r.once.Do(func() {
+		r.pending.Add(-1)
 		if r.answer() {
 			_ = writeAnswer(r.c, answerCode(reason), link.RefusalText(reason, err))
 			_ = r.c.CloseWrite()

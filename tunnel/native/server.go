@@ -11,6 +11,7 @@ import (
 
 	"github.com/hashicorp/yamux"
 
+	"isthmus.dev/tunnel/limits"
 	"isthmus.dev/tunnel/link"
 )
 
@@ -55,28 +56,23 @@ func Accept(ctx context.Context, conn net.Conn, o ServerOptions) (*ServerLink, e
 	ctrl, err := ys.AcceptStream()
 	if err != nil {
 		ys.Close()
-		return nil, fmt.Errorf("native link: no control stream: %w", err)
+		return nil, fmt.Errorf("native link: no control stream: %w", expired(hctx, err))
 	}
-	m, err := readCtl(ctrl)
+	m, err := readCtl(ctrl, o.Config.MaxControlMessage)
 	if err == nil && (m.T != msgHello || m.AgentID == "") {
 		err = fmt.Errorf("%w: want hello with an agentID first, got %q", ErrProtocol, m.T)
 	}
 	if err != nil {
+		if errors.Is(err, ErrControlTooLarge) {
+			refuse(ys, ctrl, "hello refused: "+err.Error())
+		}
 		ys.Close()
-		return nil, fmt.Errorf("native link: hello: %w", err)
+		return nil, fmt.Errorf("native link: hello: %w", expired(hctx, err))
 	}
 	h := Hello{AgentID: m.AgentID, Identifiers: m.Identifiers, Token: m.Token}
 	if o.Check != nil {
 		if err := o.Check(hctx, h); err != nil {
-			// Say why, and let the agent hang up first so the reason
-			// arrives (closing the session at once may drop it).
-			if werr := writeCtl(ctrl, ctl{T: msgRefuse, Error: err.Error()}); werr == nil {
-				_ = ctrl.Close()
-				select {
-				case <-ys.CloseChan():
-				case <-time.After(2 * time.Second):
-				}
-			}
+			refuse(ys, ctrl, err.Error())
 			ys.Close()
 			return nil, fmt.Errorf("native link: agent %s refused: %w", h.AgentID, err)
 		}
@@ -92,7 +88,29 @@ func Accept(ctx context.Context, conn net.Conn, o ServerOptions) (*ServerLink, e
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &ServerLink{session: newSession(ys, ctrl, log.With("agent", h.AgentID)), hello: h}, nil
+	return &ServerLink{session: newSession(ys, ctrl, log.With("agent", h.AgentID), o.Config), hello: h}, nil
+}
+
+// expired adds the handshake context's error to err when the handshake
+// ran out of time (the session was closed under the read), so that callers
+// can tell a slow agent (errors.Is context.DeadlineExceeded).
+func expired(hctx context.Context, err error) error {
+	if cerr := hctx.Err(); cerr != nil && !errors.Is(err, cerr) {
+		return fmt.Errorf("%w (%w)", cerr, err)
+	}
+	return err
+}
+
+// refuse tells the agent why it is refused, and lets it hang up first so
+// the reason arrives (closing the session at once may drop it).
+func refuse(ys *yamux.Session, ctrl net.Conn, reason string) {
+	if werr := writeCtl(ctrl, ctl{T: msgRefuse, Error: limits.ClipTo(reason, 1024)}); werr == nil {
+		_ = ctrl.Close()
+		select {
+		case <-ys.CloseChan():
+		case <-time.After(2 * time.Second):
+		}
+	}
 }
 
 // Hello is what the agent said when it connected.

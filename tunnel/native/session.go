@@ -16,20 +16,21 @@ import (
 // session is what both ends share: the yamux session, the control stream,
 // and the live connections by stream id.
 type session struct {
-	ys   *yamux.Session
-	ctrl net.Conn
-	log  *slog.Logger
+	ys     *yamux.Session
+	ctrl   net.Conn
+	log    *slog.Logger
+	maxCtl int // bound of a control message received (Config.MaxControlMessage)
 
 	ctrlMu sync.Mutex // one writer at a time on the control stream
 	mu     sync.Mutex
 	conns  map[uint32]*streamConn
 }
 
-func newSession(ys *yamux.Session, ctrl net.Conn, log *slog.Logger) *session {
+func newSession(ys *yamux.Session, ctrl net.Conn, log *slog.Logger, cfg Config) *session {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &session{ys: ys, ctrl: ctrl, log: log, conns: map[uint32]*streamConn{}}
+	return &session{ys: ys, ctrl: ctrl, log: log, maxCtl: cfg.MaxControlMessage, conns: map[uint32]*streamConn{}}
 }
 
 func (s *session) writeCtl(m ctl) error {
@@ -41,9 +42,15 @@ func (s *session) writeCtl(m ctl) error {
 	return nil
 }
 
-func (s *session) sendAbort(id uint32) {
+// sendAbort tells the peer this side dropped stream id: closed while the
+// peer may still send, or cut (see streamConn).
+func (s *session) sendAbort(id uint32, cut bool) {
+	m := ctl{T: msgAbort, Stream: id}
+	if cut {
+		m.Error = abortCut
+	}
 	// Off the caller's path: a control write can wait on the session.
-	go func() { _ = s.writeCtl(ctl{T: msgAbort, Stream: id}) }()
+	go func() { _ = s.writeCtl(m) }()
 }
 
 func (s *session) track(st *yamux.Stream) *streamConn {
@@ -68,12 +75,26 @@ func (s *session) active() int {
 	return len(s.conns)
 }
 
-func (s *session) abort(id uint32) {
+func (s *session) abort(id uint32, cut bool) {
 	s.mu.Lock()
 	c := s.conns[id]
 	s.mu.Unlock()
 	if c != nil {
-		c.peerAborted()
+		c.peerAborted(cut)
+	}
+}
+
+// endCuts ends the streams this side cut that still wait for the peer's
+// answer: the session is gone, so is the answer.
+func (s *session) endCuts() {
+	s.mu.Lock()
+	conns := make([]*streamConn, 0, len(s.conns))
+	for _, c := range s.conns {
+		conns = append(conns, c)
+	}
+	s.mu.Unlock()
+	for _, c := range conns {
+		c.endCut()
 	}
 }
 
@@ -82,13 +103,13 @@ func (s *session) abort(id uint32) {
 // session.
 func (s *session) readControl(onMsg func(ctl) error) error {
 	for {
-		m, err := readCtl(s.ctrl)
+		m, err := readCtl(s.ctrl, s.maxCtl)
 		if err != nil {
 			return err
 		}
 		switch m.T {
 		case msgAbort:
-			s.abort(m.Stream)
+			s.abort(m.Stream, m.Error == abortCut)
 		default:
 			if err := onMsg(m); err != nil {
 				return err
@@ -115,7 +136,8 @@ func (s *session) run(ctx context.Context, onMsg func(ctl) error) error {
 	if errc != nil {
 		<-errc // the control reader ends with the session
 	}
-	if errors.Is(err, ErrProtocol) {
+	s.endCuts()
+	if errors.Is(err, ErrProtocol) && !errors.Is(err, ErrControlTooLarge) { // the owner counts and logs that bound
 		s.log.Warn("closing the link: the peer broke the protocol", "err", err)
 	}
 	return err

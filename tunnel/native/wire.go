@@ -13,13 +13,19 @@
 //	A -> S  answer [code][u16 len][message]; code 0: connected, then raw
 //	        bytes both ways; other codes: the dial's reason, and the end
 //	S -> A  closing the stream before the answer cancels the dial
-//	both    ctl {t: abort, stream}: the sender dropped the stream while the
-//	        peer may still send (yamux has no public reset)
+//	both    ctl {t: abort, stream}: the sender closed the stream (its FIN
+//	        went first) while the peer may still send: the peer's writes
+//	        fail (yamux has no public reset)
+//	both    ctl {t: abort, stream, error: "cut"}: the sender cut the stream:
+//	        the peer's reads end with an error after what arrived, never
+//	        EOF; the peer answers with an abort, and only then does the
+//	        sender's FIN follow (a FIN ahead of it would read as an end)
 //	A -> S  ctl {t: drain}: prefer other agents for new dials
 //
 // Control messages are JSON in frames of [u32 length][body], at most
-// MaxControlFrame bytes; anything else on the control stream ends the
-// session.
+// Config.MaxControlMessage bytes (default MaxControlFrame) as the receiver
+// bounds them; a larger one (ErrControlTooLarge) or anything else on the
+// control stream ends the session.
 package native
 
 import (
@@ -41,8 +47,16 @@ const ALPN = "isthmus/1"
 // Version of the control protocol.
 const Version = 1
 
-// MaxControlFrame bounds a control message.
+// MaxControlFrame is the default bound of a control message a link
+// receives (Config.MaxControlMessage). A hello with a service-account
+// token and identifiers is a few KiB.
 const MaxControlFrame = 64 << 10
+
+// Bounds of Config.MaxControlMessage.
+const (
+	MinControlMessage = 4 << 10
+	MaxControlMessage = 16 << 20
+)
 
 // Control message types.
 const (
@@ -52,6 +66,9 @@ const (
 	msgDrain   = "drain"
 	msgAbort   = "abort"
 )
+
+// abortCut is the error of an abort that cuts the stream.
+const abortCut = "cut"
 
 // ctl is a control message.
 type ctl struct {
@@ -69,6 +86,11 @@ type ctl struct {
 // ErrProtocol marks a peer that broke the protocol.
 var ErrProtocol = errors.New("native link: protocol violation")
 
+// ErrControlTooLarge marks a control message above the receiver's bound
+// (Config.MaxControlMessage); it wraps ErrProtocol. The session ends; the
+// link leaves the logging to its owner, which counts the bound hit.
+var ErrControlTooLarge = fmt.Errorf("%w: control message too large", ErrProtocol)
+
 func writeCtl(w io.Writer, m ctl) error {
 	body, err := json.Marshal(m)
 	if err != nil {
@@ -81,15 +103,24 @@ func writeCtl(w io.Writer, m ctl) error {
 	return err
 }
 
-func readCtl(r io.Reader) (ctl, error) {
+// readCtl reads one control message of at most limit bytes (0 =
+// MaxControlFrame). The body is allocated only once its length passed the
+// bound.
+func readCtl(r io.Reader, limit int) (ctl, error) {
 	var m ctl
 	var hdr [4]byte
 	if _, err := io.ReadFull(r, hdr[:]); err != nil {
 		return m, err
 	}
+	if limit <= 0 {
+		limit = MaxControlFrame
+	}
 	n := binary.BigEndian.Uint32(hdr[:])
-	if n == 0 || n > MaxControlFrame {
-		return m, fmt.Errorf("%w: control frame of %d bytes", ErrProtocol, n)
+	if n == 0 {
+		return m, fmt.Errorf("%w: empty control frame", ErrProtocol)
+	}
+	if uint64(n) > uint64(limit) {
+		return m, fmt.Errorf("%w: %d bytes, the bound is %d", ErrControlTooLarge, n, limit)
 	}
 	body := make([]byte, n)
 	if _, err := io.ReadFull(r, body); err != nil {
@@ -188,17 +219,28 @@ type Config struct {
 	// what it may have in flight. Default 4 MiB, which fills a 1 Gbit/s link
 	// at 20 ms round trip (bandwidth x delay = 2.5 MB).
 	StreamWindow uint32
-	// KeepAlive is the interval of session pings (default 15 s).
+	// KeepAlive is the interval of session pings (default DefaultKeepAlive).
 	KeepAlive time.Duration
-	// WriteTimeout ends a session whose connection takes no write for this
-	// long (default 30 s).
+	// WriteTimeout ends a session whose connection takes no write, or whose
+	// ping gets no answer, for this long (default DefaultWriteTimeout).
 	WriteTimeout time.Duration
 	// HandshakeTimeout bounds hello and welcome (default 10 s).
 	HandshakeTimeout time.Duration
+	// MaxControlMessage bounds a control message this end receives
+	// (default MaxControlFrame); a larger one ends the session with
+	// ErrControlTooLarge.
+	MaxControlMessage int
 }
 
 // DefaultStreamWindow: see Config.StreamWindow.
 const DefaultStreamWindow = 4 << 20
+
+// DefaultKeepAlive and DefaultWriteTimeout: a link whose path is gone
+// (black-holed: no RST, no FIN) is dropped by each end within their sum.
+const (
+	DefaultKeepAlive    = 10 * time.Second
+	DefaultWriteTimeout = 20 * time.Second
+)
 
 func (c Config) yamux() *yamux.Config {
 	y := yamux.DefaultConfig()
@@ -209,11 +251,11 @@ func (c Config) yamux() *yamux.Config {
 	}
 	y.KeepAliveInterval = c.KeepAlive
 	if y.KeepAliveInterval == 0 {
-		y.KeepAliveInterval = 15 * time.Second
+		y.KeepAliveInterval = DefaultKeepAlive
 	}
 	y.ConnectionWriteTimeout = c.WriteTimeout
 	if y.ConnectionWriteTimeout == 0 {
-		y.ConnectionWriteTimeout = 30 * time.Second
+		y.ConnectionWriteTimeout = DefaultWriteTimeout
 	}
 	// A stream's open is bounded by its dial's context, not by yamux, which
 	// would close the whole session; streams are closed by their owners and

@@ -255,13 +255,16 @@ func OnOwnStack[T any](f func() T) T {
 	return <-res
 }
 
-// abort makes the next Close of c abortive where the transport has one: a
-// TCP reset instead of an orderly FIN (also beneath TLS).
+// abort closes c abortively where the transport can: a TCP reset instead
+// of an orderly FIN, a cut for a tunneled connection. Beneath TLS the reset
+// goes out at once, with no close_notify ahead of it (that alert reads as
+// a clean end); c's own Close later sends nothing more.
 func abort(c net.Conn) {
 	for range 4 { // bounded unwrapping
 		switch x := c.(type) {
 		case interface{ SetLinger(int) error }:
 			_ = x.SetLinger(0)
+			_ = c.Close()
 			return
 		case interface{ NetConn() net.Conn }:
 			c = x.NetConn()

@@ -130,6 +130,7 @@ func (cp *ControlPlane) Token(t testing.TB, ns, sa string, o TokenOpts) string {
 	if err != nil {
 		t.Fatalf("TokenRequest for %s/%s (audience %q): %v", ns, sa, o.Audience, err)
 	}
+	harness.RegisterSecret(t, "a token of "+ns+"/"+sa, resp.Status.Token) // no process may print it
 	return resp.Status.Token
 }
 

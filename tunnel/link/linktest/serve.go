@@ -1,6 +1,10 @@
-// Package linktest holds what the links' tests share: the agent side of a
-// link served the plain way (dial, answer, splice), without the policy,
-// metrics and logs that proxy-agent adds.
+// Package linktest holds what the links' tests share: the link conformance
+// suite (Run: one set of scenarios over every link, each checked against
+// the capabilities its wire documents, with golang.org/x/net/nettest's
+// net.Conn contract for both ends of a tunneled connection), the agent side
+// of a link served the plain way (dial, answer, splice, without the policy,
+// metrics and logs that proxy-agent adds), loopback backends and TLS
+// configs.
 package linktest
 
 import (
