@@ -98,8 +98,9 @@ func boundsTokenFile(t *testing.T, n int) string {
 func TestBoundControlMessage(t *testing.T) {
 	pki := harness.NewPKI(t)
 	s := harness.StartServer(t, bins, pki, harness.ServerOpts{Mode: harness.HTTPConnect, Extra: []string{"--max-control-message-bytes=4096"}})
+	// One try: no retry of the refused agent races the count below.
 	a := harness.StartAgent(t, bins, s, harness.AgentOpts{Auth: harness.AgentAuth{TokenPath: boundsTokenFile(t, 8<<10)},
-		Extra: []string{"--link=native"}})
+		Extra: []string{"--link=native", "--sync-interval=1h", "--sync-interval-cap=1h"}})
 	harness.WaitFor(t, 30*time.Second, "the agent's log of the refusal", func() bool {
 		return len(boundsLogLines(a.Output(), "refused this agent", "control message too large")) > 0
 	})
