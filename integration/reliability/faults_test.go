@@ -198,7 +198,7 @@ func afterFault(t *testing.T, w *row, r *rig, u *watch) {
 
 // blackhole: the pair drops every packet both ways for 30 s.
 func blackhole(t *testing.T, w *row, link, frontend string) {
-	w.r.Checked = "link black-holed 30 s (nft drop both ways, no RST): server and agent notice within keepalive bounds, " +
+	w.r.Checked = "link black-holed 30 s, and on until both ends noticed (nft drop both ways, no RST): server and agent notice within keepalive bounds, " +
 		"open connections end (none hangs), agent reconnects when the path returns, new dials work, no leak"
 	n := harness.NewFaultNet(t)
 	r := newRig(t, n, link, frontend)
@@ -210,8 +210,17 @@ func blackhole(t *testing.T, w *row, link, frontend string) {
 	ends := map[string]ended{}
 	sBound, aBound := noticeBounds(link)
 	observe(r, e, hs, ends, func() bool { return false }, e.t0.Add(holeFor), func() bool { return false })
+	// The hole stays past 30 s until both ends noticed and every open
+	// connection ended (or their bounds passed): what they notice, they
+	// notice of the hole, not of the path's return.
+	observe(r, e, hs, ends, func() bool { return false }, e.t0.Add(max(sBound, aBound)+slack), func() bool {
+		_, s := e.seen("server noticed")
+		_, a := e.seen("agent noticed")
+		return s && a && len(ends) == len(hs)
+	})
 	n.Blackhole(t, false)
 	backAt := e.since()
+	w.figure("hole %.1fs", backAt.Seconds())
 	reconnectBound := 45 * time.Second
 	deadline := e.t0.Add(max(max(sBound, aBound)+slack, backAt+reconnectBound))
 	observe(r, e, hs, ends, func() bool { return true }, deadline, func() bool {
