@@ -164,14 +164,9 @@ func (n *FaultNet) SetLink(t testing.TB, up bool) {
 // unreachable), as to an address that does not exist yet.
 func (n *FaultNet) AddHostAddr(t testing.TB) netip.Addr {
 	t.Helper()
-	unlock := bhLock(t, filepath.Join(os.TempDir(), "isthmus-blackhole.lock"), 30*time.Second)
-	defer unlock()
-	prefix, err := freeSlash30()
-	if err != nil {
-		t.Fatal(err)
-	}
-	a := prefix.Addr().Next()
-	bhRun(t, "ip", "addr", "add", netip.PrefixFrom(a, 32).String(), "dev", n.HostIf)
+	a, _ := addSlash30(t, func(host, _ netip.Addr) {
+		bhRun(t, "ip", "addr", "add", netip.PrefixFrom(host, 32).String(), "dev", n.HostIf)
+	})
 	return a
 }
 

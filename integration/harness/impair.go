@@ -7,7 +7,6 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -92,17 +91,9 @@ func newTunNet(t testing.TB, delay time.Duration, loss float64) *FaultNet {
 	}
 	n.Line = startDelayLine(host, inside, delay, loss)
 	t.Cleanup(n.Line.Stop)
-	func() {
-		unlock := bhLock(t, filepath.Join(os.TempDir(), "isthmus-blackhole.lock"), 30*time.Second)
-		defer unlock()
-		prefix, err := freeSlash30()
-		if err != nil {
-			t.Fatal(err)
-		}
-		n.HostAddr = prefix.Addr().Next()
-		n.NSAddr = n.HostAddr.Next()
-		bhRun(t, "ip", "addr", "add", n.HostAddr.String(), "peer", netip.PrefixFrom(n.NSAddr, 32).String(), "dev", n.HostIf)
-	}()
+	n.HostAddr, n.NSAddr = addSlash30(t, func(host, ns netip.Addr) {
+		bhRun(t, "ip", "addr", "add", host.String(), "peer", netip.PrefixFrom(ns, 32).String(), "dev", n.HostIf)
+	})
 	bhRun(t, "ip", "link", "set", n.HostIf, "up")
 	bhRun(t, "ip", "-n", n.Name, "addr", "add", n.NSAddr.String(), "peer", netip.PrefixFrom(n.HostAddr, 32).String(), "dev", n.NSIf)
 	bhRun(t, "ip", "-n", n.Name, "link", "set", n.NSIf, "up")

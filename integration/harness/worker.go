@@ -130,17 +130,9 @@ func newVethNamespace(t testing.TB, nftRules string) *Blackhole {
 	bhRun(t, "ip", "netns", "add", b.Name)
 	bhRun(t, "ip", "link", "add", b.HostIf, "type", "veth", "peer", "name", nsIf)
 	bhRun(t, "ip", "link", "set", nsIf, "netns", b.Name)
-	func() {
-		unlock := bhLock(t, filepath.Join(os.TempDir(), "isthmus-blackhole.lock"), 30*time.Second)
-		defer unlock()
-		prefix, err := freeSlash30()
-		if err != nil {
-			t.Fatal(err)
-		}
-		b.HostAddr = prefix.Addr().Next()
-		b.NSAddr = b.HostAddr.Next()
-		bhRun(t, "ip", "addr", "add", netip.PrefixFrom(b.HostAddr, 30).String(), "dev", b.HostIf)
-	}()
+	b.HostAddr, b.NSAddr = addSlash30(t, func(host, _ netip.Addr) {
+		bhRun(t, "ip", "addr", "add", netip.PrefixFrom(host, 30).String(), "dev", b.HostIf)
+	})
 	bhRun(t, "ip", "link", "set", b.HostIf, "up")
 	bhRun(t, "ip", "-n", b.Name, "addr", "add", netip.PrefixFrom(b.NSAddr, 30).String(), "dev", nsIf)
 	bhRun(t, "ip", "-n", b.Name, "link", "set", nsIf, "up")
@@ -156,4 +148,21 @@ func newVethNamespace(t testing.TB, nftRules string) *Blackhole {
 		t.Fatalf("%s does not route to %s: %q", b.NSAddr, b.HostIf, out)
 	}
 	return b
+}
+
+// addSlash30 picks a /30 no interface uses and has add put its first
+// address on the host's end (the second is the namespace's), under the
+// lock that keeps two tests from picking the same one; it returns both.
+func addSlash30(t testing.TB, add func(host, ns netip.Addr)) (host, ns netip.Addr) {
+	t.Helper()
+	unlock := bhLock(t, filepath.Join(os.TempDir(), "isthmus-blackhole.lock"), 30*time.Second)
+	defer unlock()
+	prefix, err := freeSlash30()
+	if err != nil {
+		t.Fatal(err)
+	}
+	host = prefix.Addr().Next()
+	ns = host.Next()
+	add(host, ns)
+	return host, ns
 }

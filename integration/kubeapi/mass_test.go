@@ -1,10 +1,6 @@
 package kubeapi
 
 import (
-	"context"
-	"fmt"
-	"log/slog"
-	"sync"
 	"testing"
 	"time"
 
@@ -26,7 +22,7 @@ func TestTokenReviewsCoalesced(t *testing.T) {
 	file := harness.NewTokenFile(t, e.token(t))
 	s := harness.StartServer(t, bins, harness.NewPKI(t), harness.ServerOpts{Mode: harness.GRPC, Auth: e.auth})
 
-	startInProcessAgents(t, s, file.Path)
+	harness.StartInProcessAgents(t, s, massAgents, "mass", func(_ int, c *agent.Config) { c.TokenPath = file.Path })
 	harness.WaitMetric(t, 3*time.Minute, s.MetricsURL(), "konnectivity_network_proxy_server_agent_links", massAgents)
 
 	sum := func(labels ...string) float64 {
@@ -48,50 +44,4 @@ func TestTokenReviewsCoalesced(t *testing.T) {
 	if refused := sum("result", "refused") + sum("result", "error"); refused != 0 {
 		t.Errorf("%v token checks refused or failed; the token is valid", refused)
 	}
-}
-
-// startInProcessAgents runs massAgents agents of the agent package in this
-// process, all let go at once, alternating the links; they stop at t's
-// cleanup, which waits for them.
-func startInProcessAgents(t *testing.T, s *harness.Server, tokenPath string) {
-	t.Helper()
-	logs := &harness.SyncBuffer{}
-	log := slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelWarn}))
-	ctx, cancel := context.WithCancel(context.Background())
-	var wg sync.WaitGroup
-	t.Cleanup(func() {
-		cancel()
-		done := make(chan struct{})
-		go func() { wg.Wait(); close(done) }()
-		select {
-		case <-done:
-		case <-time.After(time.Minute):
-			t.Errorf("the in-process agents did not stop within a minute of their context's end")
-		}
-		if t.Failed() {
-			t.Logf("--- warnings of the in-process agents:\n%s", logs.String())
-		}
-	})
-	gate := make(chan struct{})
-	for i := range massAgents {
-		cfg := agent.DefaultConfig()
-		cfg.ProxyServerHosts = []string{"127.0.0.1"}
-		cfg.ProxyServerPort = s.AgentPort
-		cfg.CACert = s.PKI.CACert
-		cfg.TokenPath = tokenPath
-		cfg.AgentID = fmt.Sprintf("mass-%03d", i)
-		cfg.Link = links[i%len(links)]
-		cfg.HealthPort, cfg.AdminPort = 0, 0
-		a, err := agent.New(cfg, log.With("agent", cfg.AgentID))
-		if err != nil {
-			t.Fatalf("agent %d: %v", i, err)
-		}
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			<-gate
-			_ = a.Run(ctx)
-		}()
-	}
-	close(gate) // all at once
 }

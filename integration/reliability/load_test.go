@@ -4,10 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"log/slog"
 	"net"
 	"net/http"
-	"sync"
 	"testing"
 	"time"
 
@@ -136,7 +134,9 @@ func thousandAgents(t *testing.T, w *row, frontend string) {
 	s := harness.StartServer(t, bins, pki, harness.ServerOpts{Mode: frontend, Extra: profiled(t, "--admin-port")})
 	u := startWatch(t, serverProc(s))
 	start := time.Now()
-	stop := startAgents(t, s, massAgents)
+	stop := harness.StartInProcessAgents(t, s, massAgents, "mass", func(_ int, c *agent.Config) {
+		c.AgentCert, c.AgentKey = s.PKI.AgentCert, s.PKI.AgentKey
+	})
 	harness.WaitMetric(t, 5*time.Minute, s.MetricsURL(), "konnectivity_network_proxy_server_agent_links", massAgents)
 	w.figure("%d agents connected in %.1fs", massAgents, time.Since(start).Seconds())
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
@@ -152,55 +152,4 @@ func thousandAgents(t *testing.T, w *row, frontend string) {
 	if err := dialEcho(ctx, s, backend.Addr(), 1, 64<<10); err != nil {
 		w.check(false, "a new dial after the agents left failed: %v", err)
 	}
-}
-
-// startAgents runs n agents of the agent package in this process,
-// alternating the links, all let go at once. stop ends them and waits
-// (it runs at cleanup too).
-func startAgents(t *testing.T, s *harness.Server, n int) (stop func()) {
-	t.Helper()
-	logs := &harness.SyncBuffer{}
-	log := slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelWarn}))
-	ctx, cancel := context.WithCancel(context.Background())
-	var wg sync.WaitGroup
-	var once sync.Once
-	stop = func() {
-		once.Do(func() {
-			cancel()
-			done := make(chan struct{})
-			go func() { wg.Wait(); close(done) }()
-			select {
-			case <-done:
-			case <-time.After(time.Minute):
-				t.Errorf("the in-process agents did not stop within a minute of their context's end")
-			}
-			if t.Failed() {
-				out := logs.String()
-				t.Logf("--- warnings of the in-process agents (last 20 kB):\n%s", out[max(0, len(out)-20000):])
-			}
-		})
-	}
-	t.Cleanup(stop)
-	gate := make(chan struct{})
-	for i := range n {
-		cfg := agent.DefaultConfig()
-		cfg.ProxyServerHosts = []string{"127.0.0.1"}
-		cfg.ProxyServerPort = s.AgentPort
-		cfg.CACert, cfg.AgentCert, cfg.AgentKey = s.PKI.CACert, s.PKI.AgentCert, s.PKI.AgentKey
-		cfg.AgentID = fmt.Sprintf("mass-%04d", i)
-		cfg.Link = links[i%len(links)]
-		cfg.HealthPort, cfg.AdminPort = 0, 0
-		a, err := agent.New(cfg, log.With("agent", cfg.AgentID))
-		if err != nil {
-			t.Fatalf("agent %d: %v", i, err)
-		}
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			<-gate
-			_ = a.Run(ctx)
-		}()
-	}
-	close(gate)
-	return stop
 }
