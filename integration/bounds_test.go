@@ -276,18 +276,20 @@ func TestBoundPendingDialsPerClient(t *testing.T) {
 // An agent with --max-pending-dials-per-agent dials waiting is passed
 // over: a dial only it can carry is refused at once as busy (503 over
 // CONNECT), the waiting ones stay, and another agent's dials go through.
+// Each frontend is paired with one link, so both links are covered.
 func TestBoundPendingDialsPerAgent(t *testing.T) {
 	bh := harness.NewBlackhole(t)
 	pki := harness.NewPKI(t)
 	echo := harness.StartBackend(t, harness.Echo)
-	for _, mode := range []string{harness.HTTPConnect, harness.GRPC} {
-		t.Run(mode, func(t *testing.T) {
+	for _, tc := range []struct{ mode, link string }{{harness.HTTPConnect, "native"}, {harness.GRPC, "anp"}} {
+		mode, link := tc.mode, tc.link
+		t.Run(mode+"/"+link, func(t *testing.T) {
 			s := harness.StartServer(t, bins, pki, harness.ServerOpts{Mode: mode,
 				Extra: []string{"--max-pending-dials-per-agent=2", "--backend-dial-timeout=2m", "--proxy-strategies=destHost"}})
 			// Only "slow" carries dials to the black hole, only "local" to loopback.
 			harness.StartAgent(t, bins, s, harness.AgentOpts{ID: "slow", Identifiers: "ipv4=" + bh.NSAddr.String(),
-				Extra: []string{"--backend-dial-timeout=2m"}})
-			harness.StartAgent(t, bins, s, harness.AgentOpts{ID: "local", Identifiers: "ipv4=127.0.0.1"})
+				Extra: []string{"--backend-dial-timeout=2m", "--link=" + link}})
+			harness.StartAgent(t, bins, s, harness.AgentOpts{ID: "local", Identifiers: "ipv4=127.0.0.1", Extra: []string{"--link=" + link}})
 			s.WaitAgents(t, 2)
 			boundsHold(t, s, 2, func(ctx context.Context) (net.Conn, error) { return s.Dial(ctx, bh.Addr(443)) })
 
