@@ -40,14 +40,16 @@ demo: build
 # System packages the namespace tests use. As root they are installed when
 # missing; otherwise those tests skip and say why.
 # etcd-server is for the kube-apiserver end-to-end test; containerd (with
-# runc and ctr) for the container image test.
+# runc and ctr) for the container image test; iptables, ipset and
+# util-linux's nsenter/unshare for the two-node pod-network test
+# (kube-router and felix program the nodes' firewalls).
 deps:
-	@if ! command -v nft >/dev/null || ! command -v ip >/dev/null || ! command -v etcd >/dev/null || ! command -v ctr >/dev/null || ! command -v containerd >/dev/null; then \
+	@if ! command -v nft >/dev/null || ! command -v ip >/dev/null || ! command -v etcd >/dev/null || ! command -v ctr >/dev/null || ! command -v containerd >/dev/null || ! command -v iptables >/dev/null || ! command -v ipset >/dev/null || ! command -v nsenter >/dev/null; then \
 		if [ "$$(id -u)" = 0 ]; then \
-			echo "installing iproute2, nftables, etcd-server and containerd for the network-namespace, kube-apiserver and container image tests"; \
-			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iproute2 nftables iptables etcd-server containerd >/dev/null; \
+			echo "installing iproute2, nftables, iptables, ipset, etcd-server and containerd for the network-namespace, kube-apiserver, pod-network and container image tests"; \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iproute2 nftables iptables ipset util-linux etcd-server containerd >/dev/null; \
 		else \
-			echo "note: not root and nft/ip/etcd/containerd missing: network-namespace, kube-apiserver and container image tests will skip"; \
+			echo "note: not root and nft/ip/etcd/containerd/iptables/ipset missing: network-namespace, kube-apiserver, pod-network and container image tests will skip"; \
 		fi; \
 	fi
 

@@ -58,12 +58,19 @@ func (c *Config) calicoBackend() string {
 	return "bird"
 }
 
+// calicoV1Resources are resources of Calico v1's datastore, which have no
+// CRD: calico-node -startup reads them to learn whether an old cluster's
+// data needs migrating. A fresh cluster answers 404, which is "no"; a 403
+// ends calico-node.
+var calicoV1Resources = []string{"globalfelixconfigs", "globalbgpconfigs"}
+
+// calicoRBAC is the RBAC of Calico v3.31.0's manifests/calico.yaml, in
+// places wider (calico-node may read every Calico CRD), narrower only by
+// the loadbalancer controller's rules, which isthmus does not run; see
+// TestCalicoRBACCoversUpstream.
 func calicoRBAC() []runtime.Object {
-	allKinds := make([]string, 0, len(calicoKinds))
-	for _, k := range calicoKinds {
-		allKinds = append(allKinds, k.Plural)
-	}
 	ipam := []string{"blockaffinities", "ipamblocks", "ipamhandles"}
+	manageWatch := append(slices.Clone(verbsManage), "watch")
 	node := clusterRole("calico-node",
 		rbacRule(coreG, []string{"serviceaccounts/token"}, []string{"create"}, "calico-cni-plugin"),
 		rule(coreG, []string{"pods", "nodes", "namespaces", "configmaps"}, []string{"get"}),
@@ -73,9 +80,16 @@ func calicoRBAC() []runtime.Object {
 		rule(coreG, []string{"pods/status"}, []string{"patch"}),
 		rule([]string{"discovery.k8s.io"}, []string{"endpointslices"}, []string{"list", "watch"}),
 		rule([]string{"networking.k8s.io"}, []string{"networkpolicies"}, []string{"list", "watch"}),
-		rule(calicoG, allKinds, verbsRead),
+		// Felix enforces (Baseline)AdminNetworkPolicies: it is not ready
+		// before it has listed them.
+		rule([]string{PolicyGroup}, calicoPlurals(PolicyGroup), []string{"list", "watch"}),
+		rule(calicoG, calicoPlurals(CalicoGroup), verbsRead),
+		rule(calicoG, calicoV1Resources, verbsRead),
+		// Startup creates the default, adminnetworkpolicy and
+		// baselineadminnetworkpolicy tiers.
+		rule(calicoG, []string{"tiers"}, []string{"create"}),
 		rule(calicoG, []string{"ippools", "felixconfigurations", "clusterinformations", "bgpconfigurations", "bgppeers", "caliconodestatuses"}, []string{"create", "update"}),
-		rule(calicoG, ipam, append(slices.Clone(verbsManage), "watch")),
+		rule(calicoG, ipam, manageWatch),
 		rule(calicoG, []string{"ipamconfigs"}, []string{"get", "create"}),
 		rule([]string{"apps"}, []string{"daemonsets"}, []string{"get"}),
 	)
@@ -84,11 +98,15 @@ func calicoRBAC() []runtime.Object {
 		rule(coreG, []string{"pods/status"}, []string{"patch"}),
 		rule(calicoG, []string{"blockaffinities", "ipamblocks", "ipamhandles", "clusterinformations", "ippools", "ipreservations", "ipamconfigs"}, verbsManage),
 	)
+	// kube-controllers runs the node controller only (no loadbalancer
+	// controller, so no services or namespaces): IPAM garbage collection,
+	// its syncer (nodes, clusterinformations, ipamblocks, ippools,
+	// hostendpoints), and a health check that creates the default tiers.
 	controllers := clusterRole("calico-kube-controllers",
 		rule(coreG, []string{"nodes", "pods"}, verbsRead),
-		rule(calicoG, []string{"ipreservations", "ippools", "tiers"}, verbsRead),
-		rule(calicoG, ipam, append(slices.Clone(verbsManage), "watch")),
-		rule(calicoG, []string{"hostendpoints"}, verbsManage),
+		rule(calicoG, []string{"ipreservations", "ippools"}, verbsRead),
+		rule(calicoG, slices.Concat(ipam, []string{"ipamconfigs", "tiers"}), manageWatch),
+		rule(calicoG, []string{"hostendpoints"}, manageWatch),
 		rule(calicoG, []string{"clusterinformations", "kubecontrollersconfigurations"}, []string{"get", "list", "create", "update", "watch"}),
 	)
 	var objs []runtime.Object
@@ -96,7 +114,13 @@ func calicoRBAC() []runtime.Object {
 		name := role.(metav1.Object).GetName()
 		objs = append(objs, serviceAccount(name), role, bindToServiceAccount(name))
 	}
-	return objs
+	// kube-controller-manager's garbage collector gets the tier of a
+	// tiered policy of Calico's API server (group projectcalico.org), when
+	// one is installed.
+	const tierGetter = "calico-tier-getter"
+	return append(objs,
+		clusterRole(tierGetter, rule([]string{"projectcalico.org"}, []string{"tiers"}, []string{"get"})),
+		bindToUser(tierGetter, "system:kube-controller-manager"))
 }
 
 // calicoNodeEnv is calico-node's environment: datastore, IP pools and

@@ -156,7 +156,7 @@ const (
 	DefaultVXLANVNI        = 4096
 	DefaultKubeRouterImage = "docker.io/cloudnativelabs/kube-router:v2.5.0"
 	DefaultCNIPluginsImage = "quay.io/k0sproject/cni-node:1.7.1-k0s.0"
-	DefaultCalicoVersion   = "v3.30.3"
+	DefaultCalicoVersion   = "v3.31.0"
 	DefaultCalicoNodeImage = "quay.io/calico/node:" + DefaultCalicoVersion
 	DefaultCalicoCNIImage  = "quay.io/calico/cni:" + DefaultCalicoVersion
 	DefaultCalicoKCImage   = "quay.io/calico/kube-controllers:" + DefaultCalicoVersion

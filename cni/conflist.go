@@ -170,8 +170,10 @@ func (c *Config) checkNodePodCIDR(p netip.Prefix) error {
 	return nil
 }
 
-// The Calico conflist: the calico plugin with calico-ipam, then portmap and
-// bandwidth, as Calico's own manifests install it.
+// The Calico conflist: the calico plugin with calico-ipam, then portmap, as
+// Calico's own manifests install it. No bandwidth plugin: since v3.30
+// Felix applies the pods' bandwidth annotations itself, and calico/cni no
+// longer installs the plugin's binary.
 type calicoJSON struct {
 	Type          string            `json:"type"`
 	LogLevel      string            `json:"log_level"`
@@ -215,7 +217,6 @@ func (c *Config) calicoConflist(nodeName, mtu, kubeconfig string) conflistJSON {
 				Kubernetes:    map[string]string{"kubeconfig": kubeconfig},
 			},
 			portmapJSON{Type: "portmap", SNAT: &snat, Capabilities: map[string]bool{"portMappings": true}},
-			map[string]any{"type": "bandwidth", "capabilities": map[string]bool{"bandwidth": true}},
 		},
 	}
 }

@@ -19,7 +19,7 @@ const StackKubeRouter = "kuberouter"
 // config; kuberouter.extraArgs may not override them.
 var renderedKubeRouterFlags = []string{
 	"run-router", "run-firewall", "run-service-proxy", "enable-cni", "enable-ipv4",
-	"enable-ipv6", "hairpin-mode", "auto-mtu", "metrics-port", "cluster-cidr", "bgp-graceful-restart",
+	"enable-ipv6", "hairpin-mode", "auto-mtu", "metrics-port", "bgp-graceful-restart",
 }
 
 // kubeRouterHealthPort is kube-router's default --health-port.
@@ -60,6 +60,8 @@ func (c *Config) kubeRouterArgs() []string {
 	if p, err := netip.ParsePrefix(c.PodCIDR); err == nil && p.Addr().Is6() {
 		v6 = true
 	}
+	// No --cluster-cidr: kube-router removed it in v1.1 and refuses it; each
+	// node's pod range comes from its Node's spec.podCIDRs.
 	args := []string{
 		"--run-router=true",
 		"--run-firewall=true",
@@ -68,7 +70,6 @@ func (c *Config) kubeRouterArgs() []string {
 		"--enable-cni=true",
 		"--enable-ipv4=" + strconv.FormatBool(!v6),
 		"--enable-ipv6=" + strconv.FormatBool(v6),
-		"--cluster-cidr=" + c.PodCIDR,
 		"--hairpin-mode=" + strconv.FormatBool(k.Hairpin),
 		"--auto-mtu=" + strconv.FormatBool(*k.AutoMTU),
 		"--metrics-port=" + strconv.Itoa(*k.MetricsPort),

@@ -58,6 +58,13 @@ func bindToServiceAccount(role string) *rbacv1.ClusterRoleBinding {
 	}
 }
 
+// bindToUser binds ClusterRole role to the user of that name.
+func bindToUser(role, user string) *rbacv1.ClusterRoleBinding {
+	b := bindToServiceAccount(role)
+	b.Subjects = []rbacv1.Subject{{APIGroup: "rbac.authorization.k8s.io", Kind: "User", Name: user}}
+	return b
+}
+
 func configMap(name string, data map[string]string) *corev1.ConfigMap {
 	return &corev1.ConfigMap{
 		TypeMeta:   metav1.TypeMeta{APIVersion: "v1", Kind: "ConfigMap"},

@@ -19,7 +19,12 @@ import (
 	"k8s.io/apiextensions-apiserver/pkg/apis/apiextensions"
 	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
 	crdvalidation "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/validation"
+	structuralschema "k8s.io/apiextensions-apiserver/pkg/apiserver/schema"
+	"k8s.io/apiextensions-apiserver/pkg/apiserver/schema/cel"
+	crvalidation "k8s.io/apiextensions-apiserver/pkg/apiserver/validation"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/util/validation/field"
+	celconfig "k8s.io/apiserver/pkg/apis/cel"
 
 	"isthmus.dev/cni"
 )
@@ -144,10 +149,15 @@ func TestRenderKubeRouter(t *testing.T) {
 	}
 	ds := find[*appsv1.DaemonSet](objs)[0]
 	args := ds.Spec.Template.Spec.Containers[0].Args
-	for _, a := range []string{"--hairpin-mode=true", "--auto-mtu=false", "--enable-ipv6=false", "--cluster-cidr=10.244.0.0/16", "--bgp-holdtime=30s", "--enable-cni=true"} {
+	for _, a := range []string{"--hairpin-mode=true", "--auto-mtu=false", "--enable-ipv6=false", "--bgp-holdtime=30s", "--enable-cni=true"} {
 		if !slices.Contains(args, a) {
 			t.Errorf("kube-router args %v lack %s", args, a)
 		}
+	}
+	// kube-router dropped --cluster-cidr in 2020 (v1.1): a flag it does not
+	// know stops it at start (integration/podnet runs the rendered args).
+	if slices.ContainsFunc(args, func(a string) bool { return strings.HasPrefix(a, "--cluster-cidr") }) {
+		t.Errorf("kube-router args %v carry --cluster-cidr, which kube-router v2 refuses", args)
 	}
 	if !ds.Spec.Template.Spec.HostNetwork || ds.Namespace != "kube-system" || ds.Spec.Template.Spec.ServiceAccountName != "kube-router" {
 		t.Errorf("daemonset: %+v", ds.Spec.Template.Spec)
@@ -221,7 +231,9 @@ func checkCalicoConflist(t *testing.T, path string, mtu float64, assignV6 string
 	for _, p := range list.Plugins {
 		types = append(types, p.Network.Type)
 	}
-	if list.CNIVersion != "1.0.0" || !slices.Equal(types, []string{"calico", "portmap", "bandwidth"}) {
+	// No bandwidth plugin: calico/cni no longer ships it (Felix applies
+	// bandwidth annotations itself since v3.30).
+	if list.CNIVersion != "1.0.0" || !slices.Equal(types, []string{"calico", "portmap"}) {
 		t.Fatalf("conflist %s: version %s, plugins %v", path, list.CNIVersion, types)
 	}
 	var cal map[string]any
@@ -234,10 +246,15 @@ func checkCalicoConflist(t *testing.T, path string, mtu float64, assignV6 string
 	}
 }
 
+// calicoV1Resources are Calico v1 resources calico-node -startup reads to
+// decide on a data migration: RBAC names them, no CRD defines them.
+var calicoV1Resources = []string{"globalfelixconfigs", "globalbgpconfigs"}
+
 // TestCalicoCRDs: every CRD passes kube-apiserver's own CRD validation
 // (structural schema included), and the CRDs and the RBAC agree: every
-// crd.projectcalico.org resource a role names has a CRD, and calico-node
-// may read every CRD.
+// crd.projectcalico.org or policy.networking.k8s.io resource a role names
+// has a CRD (but Calico v1's, which must have none), and calico-node may
+// list and watch every CRD.
 func TestCalicoCRDs(t *testing.T) {
 	out := t.TempDir()
 	r, err := cni.Render(mustParse(t, "provider: calico"), out, cni.RenderOptions{})
@@ -245,52 +262,305 @@ func TestCalicoCRDs(t *testing.T) {
 		t.Fatal(err)
 	}
 	crds := find[*apiextensionsv1.CustomResourceDefinition](readStack(t, r.Stacks[0]))
-	plurals := map[string]bool{}
+	groups := map[string]map[string]bool{cni.CalicoGroup: {}, cni.PolicyGroup: {}}
 	for _, crd := range crds {
 		var internal apiextensions.CustomResourceDefinition
 		if err := apiextensionsv1.Convert_v1_CustomResourceDefinition_To_apiextensions_CustomResourceDefinition(crd, &internal, nil); err != nil {
 			t.Fatal(err)
 		}
 		// As kube-apiserver's create strategy does before validating.
-		internal.Status.StoredVersions = []string{"v1"}
+		for _, v := range crd.Spec.Versions {
+			if v.Storage {
+				internal.Status.StoredVersions = []string{v.Name}
+			}
+		}
 		if errs := crdvalidation.ValidateCustomResourceDefinition(context.Background(), &internal); len(errs) > 0 {
 			t.Errorf("CRD %s: %v", crd.Name, errs.ToAggregate())
 		}
+		plurals, ok := groups[crd.Spec.Group]
+		if !ok {
+			t.Errorf("CRD %s: group %s", crd.Name, crd.Spec.Group)
+			continue
+		}
 		plurals[crd.Spec.Names.Plural] = true
 	}
-	for _, need := range []string{"ippools", "ipamblocks", "blockaffinities", "ipamhandles", "ipamconfigs", "felixconfigurations", "clusterinformations", "bgpconfigurations", "bgppeers", "kubecontrollersconfigurations", "networkpolicies", "hostendpoints"} {
-		if !plurals[need] {
-			t.Errorf("no CRD for %s", need)
+	// Calico v3.31.0's manifests/calico.yaml: 22 + 2 CRDs.
+	for group, need := range map[string][]string{
+		cni.CalicoGroup: {"bgpconfigurations", "bgpfilters", "bgppeers", "blockaffinities", "caliconodestatuses", "clusterinformations",
+			"felixconfigurations", "globalnetworkpolicies", "globalnetworksets", "hostendpoints", "ipamblocks", "ipamconfigs", "ipamhandles",
+			"ippools", "ipreservations", "kubecontrollersconfigurations", "networkpolicies", "networksets", "stagedglobalnetworkpolicies",
+			"stagedkubernetesnetworkpolicies", "stagednetworkpolicies", "tiers"},
+		cni.PolicyGroup: {"adminnetworkpolicies", "baselineadminnetworkpolicies"},
+	} {
+		for _, p := range need {
+			if !groups[group][p] {
+				t.Errorf("no CRD for %s.%s", p, group)
+			}
+		}
+		if len(groups[group]) != len(need) {
+			t.Errorf("%d CRDs in %s, want %d", len(groups[group]), group, len(need))
+		}
+	}
+	for _, p := range calicoV1Resources {
+		if groups[cni.CalicoGroup][p] {
+			t.Errorf("a CRD for Calico v1's %s", p)
 		}
 	}
 	roles := find[*rbacv1.ClusterRole](readStack(t, r.Stacks[1]))
 	for _, role := range roles {
 		for _, rule := range role.Rules {
-			if !slices.Contains(rule.APIGroups, cni.CalicoGroup) {
-				continue
-			}
-			for _, res := range rule.Resources {
-				if !plurals[res] {
-					t.Errorf("ClusterRole %s names %s.%s, which has no CRD", role.Name, res, cni.CalicoGroup)
+			for group, plurals := range groups {
+				if !slices.Contains(rule.APIGroups, group) {
+					continue
+				}
+				for _, res := range rule.Resources {
+					if !plurals[res] && !(group == cni.CalicoGroup && slices.Contains(calicoV1Resources, res)) {
+						t.Errorf("ClusterRole %s names %s.%s, which has no CRD", role.Name, res, group)
+					}
 				}
 			}
 		}
 		if role.Name == "calico-node" {
-			for p := range plurals {
-				if !allows(role, p, "watch") {
-					t.Errorf("calico-node may not watch %s", p)
+			for group, plurals := range groups {
+				for p := range plurals {
+					if !allows(role, group, p, "list", "") || !allows(role, group, p, "watch", "") {
+						t.Errorf("calico-node may not list and watch %s.%s", p, group)
+					}
 				}
 			}
 		}
 	}
-	if len(roles) != 3 {
-		t.Errorf("%d ClusterRoles, want calico-node, calico-cni-plugin, calico-kube-controllers", len(roles))
+	if len(roles) != 4 {
+		t.Errorf("%d ClusterRoles, want calico-node, calico-cni-plugin, calico-kube-controllers, calico-tier-getter", len(roles))
 	}
 }
 
-func allows(role *rbacv1.ClusterRole, resource, verb string) bool {
+// TestAdminNetworkPolicyCRDs: the AdminNetworkPolicy API's CRDs take a
+// valid policy and refuse what network-policy-api v0.1.1 refuses.
+func TestAdminNetworkPolicyCRDs(t *testing.T) {
+	r, err := cni.Render(mustParse(t, "provider: calico"), t.TempDir(), cni.RenderOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	crds := map[string]*apiextensionsv1.CustomResourceDefinition{}
+	for _, crd := range find[*apiextensionsv1.CustomResourceDefinition](readStack(t, r.Stacks[0])) {
+		crds[crd.Spec.Names.Kind] = crd
+	}
+	rule := map[string]any{"name": "r", "action": "Allow", "from": []any{map[string]any{"namespaces": map[string]any{}}}}
+	for _, tc := range []struct {
+		kind, name string
+		spec       map[string]any
+		ok         bool
+	}{
+		{"AdminNetworkPolicy", "a", map[string]any{"priority": 10, "subject": map[string]any{"namespaces": map[string]any{}}, "ingress": []any{rule}}, true},
+		{"AdminNetworkPolicy", "a", map[string]any{"subject": map[string]any{"namespaces": map[string]any{}}}, false},
+		{"AdminNetworkPolicy", "a", map[string]any{"priority": 1001, "subject": map[string]any{"namespaces": map[string]any{}}}, false},
+		{"AdminNetworkPolicy", "a", map[string]any{"priority": 1, "subject": map[string]any{}}, false},
+		{"AdminNetworkPolicy", "a", map[string]any{"priority": 1, "subject": map[string]any{"pods": map[string]any{}}, "egress": []any{map[string]any{"action": "Deny"}}}, false},
+		{"BaselineAdminNetworkPolicy", "default", map[string]any{"subject": map[string]any{"pods": map[string]any{}}, "ingress": []any{rule}}, true},
+		{"BaselineAdminNetworkPolicy", "other", map[string]any{"subject": map[string]any{"pods": map[string]any{}}}, false},
+	} {
+		crd := crds[tc.kind]
+		if crd == nil {
+			t.Fatalf("no %s CRD", tc.kind)
+		}
+		if crd.Spec.Group != cni.PolicyGroup || crd.Spec.Scope != apiextensionsv1.ClusterScoped || len(crd.Spec.Versions) != 1 || crd.Spec.Versions[0].Name != "v1alpha1" {
+			t.Errorf("%s: group %s, scope %s, versions %v", tc.kind, crd.Spec.Group, crd.Spec.Scope, crd.Spec.Versions)
+		}
+		obj := map[string]any{"apiVersion": cni.PolicyGroup + "/v1alpha1", "kind": tc.kind, "metadata": map[string]any{"name": tc.name}, "spec": tc.spec}
+		errs := validateCustomResource(t, crd, obj)
+		if (len(errs) == 0) != tc.ok {
+			t.Errorf("%s %s %v: errors %v, want ok=%v", tc.kind, tc.name, tc.spec, errs, tc.ok)
+		}
+	}
+}
+
+// validateCustomResource validates obj as kube-apiserver does on create:
+// the OpenAPI schema, then the CEL rules.
+func validateCustomResource(t *testing.T, crd *apiextensionsv1.CustomResourceDefinition, obj map[string]any) field.ErrorList {
+	t.Helper()
+	var internal apiextensions.JSONSchemaProps
+	if err := apiextensionsv1.Convert_v1_JSONSchemaProps_To_apiextensions_JSONSchemaProps(crd.Spec.Versions[0].Schema.OpenAPIV3Schema, &internal, nil); err != nil {
+		t.Fatal(err)
+	}
+	validator, _, err := crvalidation.NewSchemaValidator(&internal)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// JSON numbers, as a decoded request body has them.
+	data, err := json.Marshal(obj)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var decoded map[string]any
+	if err := json.Unmarshal(data, &decoded); err != nil {
+		t.Fatal(err)
+	}
+	errs := crvalidation.ValidateCustomResource(nil, decoded, validator)
+	structural, err := structuralschema.NewStructural(&internal)
+	if err != nil {
+		t.Fatal(err)
+	}
+	celErrs, _ := cel.NewValidator(structural, true, celconfig.PerCallLimit).Validate(context.Background(), nil, structural, decoded, nil, celconfig.RuntimeCELCostBudget)
+	return append(errs, celErrs...)
+}
+
+// upstreamRule is one rule of an upstream ClusterRole, one resource and
+// verb at a time.
+type upstreamRule struct {
+	group, resource, resourceName string
+	verbs                         []string
+}
+
+// TestCalicoRBACCoversUpstream: every ClusterRole rule of Calico v3.31.0's
+// manifests/calico.yaml (projectcalico/calico at b1f3c43f8437, tag
+// v3.31.0) is granted by the rendered role of the same name, but
+// kube-controllers' namespaces and services (its loadbalancer controller,
+// which isthmus does not enable).
+func TestCalicoRBACCoversUpstream(t *testing.T) {
+	r, err := cni.Render(mustParse(t, "provider: calico"), t.TempDir(), cni.RenderOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	objs := readStack(t, r.Stacks[1])
+	read, manage := []string{"get", "list", "watch"}, []string{"get", "list", "create", "update", "delete"}
+	c := cni.CalicoGroup
+	upstream := map[string][]upstreamRule{
+		"calico-node": {
+			{"", "serviceaccounts/token", "calico-cni-plugin", []string{"create"}},
+			{"", "pods", "", []string{"get", "list", "watch"}},
+			{"", "nodes", "", []string{"get", "list", "watch"}},
+			{"", "namespaces", "", []string{"get", "list", "watch"}},
+			{"discovery.k8s.io", "endpointslices", "", []string{"list", "watch"}},
+			{"", "endpoints", "", read},
+			{"", "services", "", read},
+			{"", "configmaps", "", []string{"get"}},
+			{"", "nodes/status", "", []string{"patch", "update"}},
+			{"networking.k8s.io", "networkpolicies", "", []string{"list", "watch"}},
+			{cni.PolicyGroup, "adminnetworkpolicies", "", []string{"list", "watch"}},
+			{cni.PolicyGroup, "baselineadminnetworkpolicies", "", []string{"list", "watch"}},
+			{"", "serviceaccounts", "", []string{"list", "watch"}},
+			{"", "pods/status", "", []string{"patch"}},
+			{c, "globalfelixconfigs", "", read}, {c, "felixconfigurations", "", append([]string{"create", "update"}, read...)},
+			{c, "bgppeers", "", append([]string{"create", "update"}, read...)}, {c, "bgpfilters", "", read},
+			{c, "globalbgpconfigs", "", read}, {c, "bgpconfigurations", "", append([]string{"create", "update"}, read...)},
+			{c, "ippools", "", append([]string{"create", "update"}, read...)}, {c, "ipreservations", "", read},
+			{c, "ipamblocks", "", append([]string{"create", "update", "delete"}, read...)},
+			{c, "globalnetworkpolicies", "", read}, {c, "stagedglobalnetworkpolicies", "", read},
+			{c, "networkpolicies", "", read}, {c, "stagednetworkpolicies", "", read}, {c, "stagedkubernetesnetworkpolicies", "", read},
+			{c, "globalnetworksets", "", read}, {c, "networksets", "", read},
+			{c, "clusterinformations", "", append([]string{"create", "update"}, read...)},
+			{c, "hostendpoints", "", read},
+			{c, "blockaffinities", "", append([]string{"create", "update", "delete"}, read...)},
+			{c, "caliconodestatuses", "", append([]string{"update"}, read...)},
+			{c, "tiers", "", append([]string{"create"}, read...)},
+			{c, "ipamhandles", "", manage},
+			{c, "ipamconfigs", "", []string{"get", "create"}},
+			{"apps", "daemonsets", "", []string{"get"}},
+		},
+		"calico-cni-plugin": {
+			{"", "pods", "", []string{"get"}}, {"", "nodes", "", []string{"get"}}, {"", "namespaces", "", []string{"get"}},
+			{"", "pods/status", "", []string{"patch"}},
+			{c, "blockaffinities", "", manage}, {c, "ipamblocks", "", manage}, {c, "ipamhandles", "", manage},
+			{c, "clusterinformations", "", manage}, {c, "ippools", "", manage}, {c, "ipreservations", "", manage}, {c, "ipamconfigs", "", manage},
+		},
+		"calico-kube-controllers": {
+			{"", "nodes", "", read}, {"", "pods", "", read},
+			{c, "ipreservations", "", []string{"list"}},
+			{c, "blockaffinities", "", append([]string{"watch"}, manage...)}, {c, "ipamblocks", "", append([]string{"watch"}, manage...)},
+			{c, "ipamhandles", "", append([]string{"watch"}, manage...)}, {c, "ipamconfigs", "", append([]string{"watch"}, manage...)},
+			{c, "tiers", "", append([]string{"watch"}, manage...)},
+			{c, "ippools", "", []string{"list", "watch"}},
+			{c, "hostendpoints", "", append([]string{"watch"}, manage...)},
+			{c, "clusterinformations", "", []string{"get", "list", "create", "update", "watch"}},
+			{c, "kubecontrollersconfigurations", "", []string{"get", "list", "create", "update", "watch"}},
+		},
+		"calico-tier-getter": {{"projectcalico.org", "tiers", "", []string{"get"}}},
+	}
+	roles := map[string]*rbacv1.ClusterRole{}
+	for _, role := range find[*rbacv1.ClusterRole](objs) {
+		roles[role.Name] = role
+	}
+	for name, rules := range upstream {
+		role := roles[name]
+		if role == nil {
+			t.Errorf("no ClusterRole %s", name)
+			continue
+		}
+		for _, u := range rules {
+			for _, verb := range u.verbs {
+				if !allows(role, u.group, u.resource, verb, u.resourceName) {
+					t.Errorf("ClusterRole %s may not %s %s.%s (Calico v3.31.0's may)", name, verb, u.resource, u.group)
+				}
+			}
+		}
+	}
+	bindings := map[string]rbacv1.Subject{}
+	for _, b := range find[*rbacv1.ClusterRoleBinding](objs) {
+		if b.RoleRef.Name != b.Name || len(b.Subjects) != 1 {
+			t.Errorf("binding %s: %+v", b.Name, b)
+			continue
+		}
+		bindings[b.Name] = b.Subjects[0]
+	}
+	for name := range upstream {
+		want := rbacv1.Subject{Kind: "ServiceAccount", Name: name, Namespace: "kube-system"}
+		if name == "calico-tier-getter" {
+			want = rbacv1.Subject{APIGroup: "rbac.authorization.k8s.io", Kind: "User", Name: "system:kube-controller-manager"}
+		}
+		if bindings[name] != want {
+			t.Errorf("ClusterRoleBinding %s binds %+v, want %+v", name, bindings[name], want)
+		}
+	}
+}
+
+// TestKubeRouterRBAC: the ClusterRole is kube-router's own, as its
+// daemonset/generic-kuberouter.yaml grants it at v2.1.0 and v2.5.0 (the
+// same rules in both), but for group extensions, gone since Kubernetes
+// 1.16 and read by neither version.
+func TestKubeRouterRBAC(t *testing.T) {
+	r, err := cni.Render(mustParse(t, ""), t.TempDir(), cni.RenderOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	roles := find[*rbacv1.ClusterRole](readStack(t, r.Stacks[0]))
+	if len(roles) != 1 || roles[0].Name != "kube-router" {
+		t.Fatalf("ClusterRoles %v", roles)
+	}
+	read := []string{"get", "list", "watch"}
+	want := []upstreamRule{
+		{"", "namespaces", "", read}, {"", "pods", "", read}, {"", "services", "", read}, {"", "nodes", "", read}, {"", "endpoints", "", read},
+		{"networking.k8s.io", "networkpolicies", "", read},
+		{"coordination.k8s.io", "leases", "", []string{"get", "create", "update"}},
+		{"", "services/status", "", []string{"update"}},
+		{"discovery.k8s.io", "endpointslices", "", read},
+	}
+	granted := 0
+	for _, rule := range roles[0].Rules {
+		granted += len(rule.APIGroups) * len(rule.Resources) * len(rule.Verbs)
+	}
+	wanted := 0
+	for _, u := range want {
+		wanted += len(u.verbs)
+		for _, verb := range u.verbs {
+			if !allows(roles[0], u.group, u.resource, verb, "") {
+				t.Errorf("kube-router may not %s %s.%s", verb, u.resource, u.group)
+			}
+		}
+	}
+	if granted != wanted {
+		t.Errorf("kube-router's ClusterRole grants %d group/resource/verb triples, kube-router's own %d", granted, wanted)
+	}
+}
+
+// allows: role grants verb on resource of group (on the object named name,
+// if name is set; a rule limited to other names does not count).
+func allows(role *rbacv1.ClusterRole, group, resource, verb, name string) bool {
 	for _, r := range role.Rules {
-		if slices.Contains(r.APIGroups, cni.CalicoGroup) && slices.Contains(r.Resources, resource) && slices.Contains(r.Verbs, verb) {
+		if len(r.ResourceNames) > 0 && (name == "" || !slices.Contains(r.ResourceNames, name)) {
+			continue
+		}
+		if slices.Contains(r.APIGroups, group) && slices.Contains(r.Resources, resource) && slices.Contains(r.Verbs, verb) {
 			return true
 		}
 	}

@@ -26,6 +26,10 @@ type Tool struct {
 	Package string
 	// LDFlags are go build's -ldflags (version stamps).
 	LDFlags string
+	// Env is appended to the build's environment after GOWORK=off and
+	// GOFLAGS=-mod=readonly (CGO_ENABLED=0, as the program's own release
+	// builds); it is part of the cache key.
+	Env []string
 	// Timeout bounds the build; a test that finds another building it
 	// waits that long and 5 minutes more.
 	Timeout time.Duration
@@ -35,9 +39,9 @@ type Tool struct {
 
 // BuildTool builds tool once per machine and returns its path. The binary
 // is cached under the user cache directory (~/.cache/isthmus), keyed by
-// the builder module's go.mod and go.sum, so a new pin builds anew and the
-// same pin is never built twice; test processes building it at once wait
-// for each other.
+// the builder module's go.mod and go.sum (and the tool's Env), so a new
+// pin builds anew and the same pin is never built twice; test processes
+// building it at once wait for each other.
 func BuildTool(t testing.TB, tool Tool) string {
 	t.Helper()
 	_, self, _, ok := runtime.Caller(0)
@@ -52,6 +56,9 @@ func BuildTool(t testing.TB, tool Tool) string {
 			t.Fatalf("%s builder module: %v", tool.Name, err)
 		}
 		h.Write(b)
+	}
+	for _, e := range tool.Env {
+		h.Write([]byte("\x00" + e))
 	}
 	cache, err := os.UserCacheDir()
 	if err != nil {
@@ -78,7 +85,7 @@ func BuildTool(t testing.TB, tool Tool) string {
 	defer cancel()
 	cmd := exec.CommandContext(ctx, "go", "build", "-trimpath", "-ldflags", tool.LDFlags, "-o", bin+".tmp", tool.Package)
 	cmd.Dir = modDir
-	cmd.Env = append(os.Environ(), "GOWORK=off", "GOFLAGS=-mod=readonly")
+	cmd.Env = append(append(os.Environ(), "GOWORK=off", "GOFLAGS=-mod=readonly"), tool.Env...)
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("build %s: %v\n%s", tool.Name, err, out)
 	}
