@@ -11,7 +11,6 @@ import (
 	"net/netip"
 	"os"
 	"strconv"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -45,7 +44,7 @@ type icpCluster struct {
 	ctrl, node, pod *cnitest.NetNS
 	podIP, gateway  netip.Addr
 	pki             *certs.Bundle
-	backend         *recordingEcho
+	backend         *harness.Backend // the pod's echo server
 }
 
 // TestIsolatedControlPlaneReachesPodThroughTunnel: from the controller
@@ -78,9 +77,9 @@ func TestIsolatedControlPlaneReachesPodThroughTunnel(t *testing.T) {
 			s := c.startServer(t, mode, 8132+i)
 			c.startAgent(t, s)
 			waitReadyIn(t, c.ctrl, s.HealthPort)
-			before := c.backend.count()
+			before := c.backend.Accepted()
 			icpEcho(t, func(ctx context.Context) (net.Conn, error) { return s.Dial(ctx, target) }, "through proxy-server ("+mode+")")
-			peers := c.backend.peersSince(before)
+			peers := c.backend.Peers()[before:]
 			if len(peers) != 1 || peers[0] != c.gateway {
 				t.Errorf("the pod saw connections from %v, want one from the node (%s): the agent dials from the node", peers, c.gateway)
 			}
@@ -134,7 +133,11 @@ func newICPCluster(t *testing.T) *icpCluster {
 	if !netip.MustParsePrefix(icpNodePodCIDR).Contains(c.podIP) {
 		t.Fatalf("pod IP %s not in the node's pod CIDR %s", c.podIP, icpNodePodCIDR)
 	}
-	c.backend = startRecordingEcho(t, c.pod, netip.AddrPortFrom(c.podIP, icpBackendPort))
+	ln, err := c.pod.Listen("tcp", netip.AddrPortFrom(c.podIP, icpBackendPort).String())
+	if err != nil {
+		t.Fatalf("backend on the pod IP: %v", err)
+	}
+	c.backend = harness.ServeBackend(t, ln, harness.Echo)
 
 	if c.pki, err = certs.NewBundle(t.TempDir(), icpControllerAddr); err != nil {
 		t.Fatal(err)
@@ -221,52 +224,4 @@ func icpEcho(t *testing.T, dial func(context.Context) (net.Conn, error), how str
 	if _, err := io.ReadFull(conn, got); err != nil || !bytes.Equal(got, msg) {
 		t.Fatalf("echo from the pod %s: %q, %v", how, got, err)
 	}
-}
-
-// recordingEcho is the pod's backend: it echoes and records who connected.
-type recordingEcho struct {
-	mu    sync.Mutex
-	peers []netip.Addr
-}
-
-func startRecordingEcho(t *testing.T, ns *cnitest.NetNS, addr netip.AddrPort) *recordingEcho {
-	t.Helper()
-	ln, err := ns.Listen("tcp", addr.String())
-	if err != nil {
-		t.Fatalf("backend on the pod IP: %v", err)
-	}
-	e := &recordingEcho{}
-	var wg sync.WaitGroup
-	t.Cleanup(func() { ln.Close(); wg.Wait() })
-	wg.Go(func() {
-		for {
-			conn, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			if ap, err := netip.ParseAddrPort(conn.RemoteAddr().String()); err == nil {
-				e.mu.Lock()
-				e.peers = append(e.peers, ap.Addr().Unmap())
-				e.mu.Unlock()
-			}
-			wg.Go(func() {
-				defer conn.Close()
-				_ = conn.SetDeadline(time.Now().Add(30 * time.Second))
-				_, _ = io.Copy(conn, conn)
-			})
-		}
-	})
-	return e
-}
-
-func (e *recordingEcho) count() int {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	return len(e.peers)
-}
-
-func (e *recordingEcho) peersSince(n int) []netip.Addr {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	return append([]netip.Addr(nil), e.peers[n:]...)
 }

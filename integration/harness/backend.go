@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"net/netip"
 	"sync"
 	"testing"
 	"time"
@@ -18,6 +19,7 @@ type Backend struct {
 	mu       sync.Mutex
 	conns    map[net.Conn]struct{}
 	accepted int
+	peers    []netip.Addr // of every connection accepted, in order
 }
 
 // Addr is host:port of the backend.
@@ -35,6 +37,14 @@ func (b *Backend) Accepted() int {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return b.accepted
+}
+
+// Peers are the addresses the accepted connections came from, in order
+// (Peers()[n:] are those since Accepted() was n).
+func (b *Backend) Peers() []netip.Addr {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return append([]netip.Addr(nil), b.peers...)
 }
 
 // StartBackend serves handle for every connection on 127.0.0.1 until cleanup;
@@ -61,9 +71,11 @@ func ServeBackend(t testing.TB, ln net.Listener, handle func(net.Conn)) *Backend
 			if err != nil {
 				return
 			}
+			peer, _ := netip.ParseAddrPort(c.RemoteAddr().String())
 			b.mu.Lock()
 			b.conns[c] = struct{}{}
 			b.accepted++
+			b.peers = append(b.peers, peer.Addr().Unmap())
 			b.mu.Unlock()
 			b.wg.Add(1)
 			go func() {

@@ -1,7 +1,6 @@
 package kubeapi
 
 import (
-	"context"
 	"fmt"
 	"net/http"
 	"os"
@@ -12,15 +11,8 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
-	"k8s.io/apimachinery/pkg/api/meta"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
-	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/util/yaml"
-	"k8s.io/client-go/discovery"
-	"k8s.io/client-go/discovery/cached/memory"
-	"k8s.io/client-go/dynamic"
-	"k8s.io/client-go/restmapper"
 
 	"isthmus.dev/certs"
 	"isthmus.dev/certs/kubeconfig"
@@ -103,49 +95,21 @@ func applyRendered(t *testing.T, cp *controlplane.ControlPlane, r *manifests.Ren
 	if err != nil {
 		t.Fatal(err)
 	}
-	dc, err := dynamic.NewForConfig(cp.Config)
-	if err != nil {
-		t.Fatal(err)
-	}
-	disc, err := discovery.NewDiscoveryClientForConfig(cp.Config)
-	if err != nil {
-		t.Fatal(err)
-	}
-	mapper := restmapper.NewDeferredDiscoveryRESTMapper(memory.NewMemCacheClient(disc))
 	dec := yaml.NewYAMLOrJSONDecoder(strings.NewReader(string(stream)), 4096)
-	applied := 0
+	var objs []*unstructured.Unstructured
 	for range 100 { // bounded: a deployment has a handful of objects
-		var u unstructured.Unstructured
+		u := &unstructured.Unstructured{}
 		if err := dec.Decode(&u.Object); err != nil {
 			break
 		}
-		if len(u.Object) == 0 {
-			continue
+		if len(u.Object) != 0 {
+			objs = append(objs, u)
 		}
-		gvk := u.GroupVersionKind()
-		m, err := mapper.RESTMapping(schema.GroupKind{Group: gvk.Group, Kind: gvk.Kind}, gvk.Version)
-		if err != nil {
-			t.Fatalf("%s: %v", gvk, err)
-		}
-		var ri dynamic.ResourceInterface = dc.Resource(m.Resource)
-		if m.Scope.Name() == meta.RESTScopeNameNamespace {
-			ri = dc.Resource(m.Resource).Namespace(u.GetNamespace())
-		}
-		o := metav1.ApplyOptions{FieldManager: "isthmus-e2e", Force: true}
-		if gvk.Kind == "DaemonSet" {
-			o.DryRun = []string{metav1.DryRunAll}
-		}
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		_, err = ri.Apply(ctx, u.GetName(), &u, o)
-		cancel()
-		if err != nil {
-			t.Fatalf("server-side apply of %s %s/%s (dry run: %v): %v", gvk.Kind, u.GetNamespace(), u.GetName(), o.DryRun != nil, err)
-		}
-		applied++
 	}
-	if want := len(r.Cluster.List()); applied != want {
-		t.Fatalf("applied %d objects of the stream; the deployment has %d", applied, want)
+	if want := len(r.Cluster.List()); len(objs) != want {
+		t.Fatalf("decoded %d objects of the stream; the deployment has %d", len(objs), want)
 	}
+	cp.Apply(t, objs, controlplane.ApplyOpts{DryRun: func(u *unstructured.Unstructured) bool { return u.GetKind() == "DaemonSet" }})
 }
 
 // writeServerFiles puts proxy-server's files where the static Pod reads

@@ -158,7 +158,7 @@ type pod struct {
 	node *node
 	ns   *cnitest.NetNS
 	ip   netip.Addr
-	echo *echoServer
+	echo *harness.Backend
 }
 
 func (p *pod) addr() string { return netip.AddrPortFrom(p.ip, backendPort).String() }
@@ -174,7 +174,7 @@ func checkPodToPod(t *testing.T, pods []*pod, how string) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if got := to.echo.lastPeer(); got != from.ip {
+		if got := lastPeer(to.echo); got != from.ip {
 			t.Errorf("the pod on %s saw the connection from %s, want %s (the other pod: no NAT between pods)", to.node.name, got, from.ip)
 		}
 	}
@@ -231,7 +231,7 @@ func (c *cluster) checkTunnel(t *testing.T, pods []*pod) {
 					}
 					time.Sleep(200 * time.Millisecond)
 				}
-				peer := p.echo.lastPeer()
+				peer := lastPeer(p.echo)
 				if !c.nodeHas(t, p.node, peer) {
 					t.Errorf("the pod on %s saw the tunneled connection from %s, not from its node: destHost should pick the agent on the pod's node", p.node.name, peer)
 				}

@@ -15,16 +15,8 @@ import (
 
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
-	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
-	"k8s.io/apimachinery/pkg/api/meta"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime"
-	"k8s.io/apimachinery/pkg/runtime/schema"
-	"k8s.io/client-go/discovery"
-	"k8s.io/client-go/discovery/cached/memory"
-	"k8s.io/client-go/dynamic"
-	"k8s.io/client-go/restmapper"
 
 	"isthmus.dev/cni"
 	"isthmus.dev/integration/harness"
@@ -76,102 +68,52 @@ func render(t *testing.T, config string) *rendered {
 	return r
 }
 
-// daemonSet is the rendered DaemonSet name.
+// object is the rendered object of type T named name.
+func object[T interface {
+	runtime.Object
+	GetName() string
+}](t *testing.T, r *rendered, name string) T {
+	t.Helper()
+	for _, o := range r.objects {
+		if obj, ok := o.(T); ok && obj.GetName() == name {
+			return obj
+		}
+	}
+	var zero T
+	t.Fatalf("no %T named %s in the rendered manifests", zero, name)
+	return zero
+}
+
 func (r *rendered) daemonSet(t *testing.T, name string) *appsv1.DaemonSet {
 	t.Helper()
-	for _, o := range r.objects {
-		if ds, ok := o.(*appsv1.DaemonSet); ok && ds.Name == name {
-			return ds
-		}
-	}
-	t.Fatalf("no DaemonSet %s in the rendered manifests", name)
-	return nil
+	return object[*appsv1.DaemonSet](t, r, name)
 }
 
-// configMap is the rendered ConfigMap name.
 func (r *rendered) configMap(t *testing.T, name string) *corev1.ConfigMap {
 	t.Helper()
-	for _, o := range r.objects {
-		if cm, ok := o.(*corev1.ConfigMap); ok && cm.Name == name {
-			return cm
-		}
-	}
-	t.Fatalf("no ConfigMap %s in the rendered manifests", name)
-	return nil
+	return object[*corev1.ConfigMap](t, r, name)
 }
 
-// apply creates every rendered object in the control plane, in order, as
-// `kubectl apply -f` of each folder would (server-side apply, so the API
-// server validates and defaults them all); after the CRDs it waits until
-// each is established. The workloads are stored too: nothing runs them but
-// this test.
+func (r *rendered) deployment(t *testing.T, name string) *appsv1.Deployment {
+	t.Helper()
+	return object[*appsv1.Deployment](t, r, name)
+}
+
+// apply applies every rendered object to the control plane, in order, as
+// `kubectl apply --server-side -f` of each folder would (so the API server
+// validates and defaults them all), CRDs established before what follows.
+// The workloads are stored too: nothing runs them but this test.
 func (r *rendered) apply(t *testing.T, cp *controlplane.ControlPlane) {
 	t.Helper()
-	dc, err := dynamic.NewForConfig(cp.Config)
-	if err != nil {
-		t.Fatal(err)
-	}
-	disc, err := discovery.NewDiscoveryClientForConfig(cp.Config)
-	if err != nil {
-		t.Fatal(err)
-	}
-	mapper := restmapper.NewDeferredDiscoveryRESTMapper(memory.NewMemCacheClient(disc))
-	var crds []string
+	objs := make([]*unstructured.Unstructured, 0, len(r.objects))
 	for _, o := range r.objects {
 		raw, err := runtime.DefaultUnstructuredConverter.ToUnstructured(o)
 		if err != nil {
 			t.Fatal(err)
 		}
-		u := &unstructured.Unstructured{Object: raw}
-		gvk := u.GroupVersionKind()
-		if gvk.Kind == "CustomResourceDefinition" {
-			crds = append(crds, u.GetName())
-		} else if len(crds) > 0 {
-			waitEstablished(t, dc, crds)
-			crds = nil
-			mapper.Reset()
-		}
-		m, err := mapper.RESTMapping(schema.GroupKind{Group: gvk.Group, Kind: gvk.Kind}, gvk.Version)
-		if err != nil {
-			t.Fatalf("%s %s: %v", gvk, u.GetName(), err)
-		}
-		var ri dynamic.ResourceInterface = dc.Resource(m.Resource)
-		if m.Scope.Name() == meta.RESTScopeNameNamespace {
-			ri = dc.Resource(m.Resource).Namespace(u.GetNamespace())
-		}
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		_, err = ri.Apply(ctx, u.GetName(), u, metav1.ApplyOptions{FieldManager: "isthmus-podnet-e2e", Force: true})
-		cancel()
-		if err != nil {
-			t.Fatalf("apply the rendered %s %s/%s: %v", gvk.Kind, u.GetNamespace(), u.GetName(), err)
-		}
+		objs = append(objs, &unstructured.Unstructured{Object: raw})
 	}
-	if len(crds) > 0 {
-		waitEstablished(t, dc, crds)
-	}
-}
-
-func waitEstablished(t *testing.T, dc dynamic.Interface, names []string) {
-	t.Helper()
-	res := apiextensionsv1.SchemeGroupVersion.WithResource("customresourcedefinitions")
-	for _, name := range names {
-		harness.WaitFor(t, time.Minute, "CRD "+name+" established", func() bool {
-			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-			defer cancel()
-			u, err := dc.Resource(res).Get(ctx, name, metav1.GetOptions{})
-			if err != nil {
-				return false
-			}
-			conds, _, _ := unstructured.NestedSlice(u.Object, "status", "conditions")
-			for _, c := range conds {
-				m, _ := c.(map[string]any)
-				if m["type"] == "Established" && m["status"] == "True" {
-					return true
-				}
-			}
-			return false
-		})
-	}
+	cp.Apply(t, objs, controlplane.ApplyOpts{FieldManager: "isthmus-podnet-e2e"})
 }
 
 // container is one container of a rendered pod template, resolved for one
@@ -180,18 +122,6 @@ func waitEstablished(t *testing.T, dc dynamic.Interface, names []string) {
 type container struct {
 	spec corev1.Container
 	env  []string
-}
-
-// deployment is the rendered Deployment name.
-func (r *rendered) deployment(t *testing.T, name string) *appsv1.Deployment {
-	t.Helper()
-	for _, o := range r.objects {
-		if d, ok := o.(*appsv1.Deployment); ok && d.Name == name {
-			return d
-		}
-	}
-	t.Fatalf("no Deployment %s in the rendered manifests", name)
-	return nil
 }
 
 // containerOf resolves container name (init or not) of DaemonSet ds for n.

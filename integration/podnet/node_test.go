@@ -356,50 +356,24 @@ func dialEcho(ctx context.Context, dial func(context.Context, string, string) (n
 	return nil
 }
 
-// echoServer is a pod's backend: it echoes every connection and records
-// the peers.
-type echoServer struct {
-	mu    sync.Mutex
-	peers []netip.Addr
-}
-
-func startEcho(t *testing.T, pod *cnitest.NetNS, addr netip.AddrPort) *echoServer {
+// startEcho serves an echo on addr in the pod's namespace; the backend
+// records who connected.
+func startEcho(t *testing.T, pod *cnitest.NetNS, addr netip.AddrPort) *harness.Backend {
 	t.Helper()
 	ln, err := pod.Listen("tcp", addr.String())
 	if err != nil {
 		t.Fatalf("backend on %s: %v", addr, err)
 	}
-	e := &echoServer{}
-	var wg sync.WaitGroup
-	t.Cleanup(func() { ln.Close(); wg.Wait() })
-	wg.Go(func() {
-		for {
-			conn, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			if ap, err := netip.ParseAddrPort(conn.RemoteAddr().String()); err == nil {
-				e.mu.Lock()
-				e.peers = append(e.peers, ap.Addr().Unmap())
-				e.mu.Unlock()
-			}
-			wg.Go(func() {
-				defer conn.Close()
-				_ = conn.SetDeadline(time.Now().Add(30 * time.Second))
-				_, _ = io.Copy(conn, conn)
-			})
-		}
-	})
-	return e
+	return harness.ServeBackend(t, ln, harness.Echo)
 }
 
-func (e *echoServer) lastPeer() netip.Addr {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	if len(e.peers) == 0 {
+// lastPeer is the address the backend's latest connection came from.
+func lastPeer(b *harness.Backend) netip.Addr {
+	p := b.Peers()
+	if len(p) == 0 {
 		return netip.Addr{}
 	}
-	return e.peers[len(e.peers)-1]
+	return p[len(p)-1]
 }
 
 // errBlocked says a connection attempt timed out: a policy dropped it.
