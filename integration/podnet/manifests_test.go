@@ -21,6 +21,7 @@ import (
 	"isthmus.dev/cni"
 	"isthmus.dev/integration/harness"
 	"isthmus.dev/integration/harness/controlplane"
+	"isthmus.dev/integration/harness/kubelet"
 )
 
 // rendered is what `isthmus cni render` wrote for a network config, read
@@ -143,43 +144,23 @@ func (r *rendered) podContainer(t *testing.T, pod *corev1.PodSpec, owner, name s
 	} else {
 		t.Fatalf("%s has no container %s", owner, name)
 	}
-	out := container{spec: c, env: inClusterEnv()}
-	for _, e := range c.Env {
-		v, err := r.resolve(e, n)
-		if err != nil {
-			t.Fatalf("%s, container %s: %v", owner, name, err)
+	fields := map[string]string{
+		"spec.nodeName": n.name,
+		// hostNetwork: the pod's address is the node's.
+		"status.hostIP": n.ip.String(), "status.podIP": n.ip.String(),
+	}
+	configMaps := map[string]map[string]string{}
+	for _, o := range r.objects {
+		if cm, ok := o.(*corev1.ConfigMap); ok {
+			configMaps[cm.Name] = cm.Data
 		}
-		out.env = append(out.env, e.Name+"="+v)
+	}
+	env := kubelet.Environment(t, &c, fields, configMaps)
+	out := container{spec: c, env: inClusterEnv()}
+	for _, e := range c.Env { // in the container's order
+		out.env = append(out.env, e.Name+"="+env[e.Name])
 	}
 	return out
-}
-
-func (r *rendered) resolve(e corev1.EnvVar, n *node) (string, error) {
-	switch {
-	case e.ValueFrom == nil:
-		return e.Value, nil
-	case e.ValueFrom.FieldRef != nil:
-		switch e.ValueFrom.FieldRef.FieldPath {
-		case "spec.nodeName":
-			return n.name, nil
-		case "status.hostIP", "status.podIP":
-			return n.ip.String(), nil // hostNetwork: the pod's IP is the node's
-		}
-		return "", fmt.Errorf("env %s: fieldRef %s is not one a node-level DaemonSet needs", e.Name, e.ValueFrom.FieldRef.FieldPath)
-	case e.ValueFrom.ConfigMapKeyRef != nil:
-		ref := e.ValueFrom.ConfigMapKeyRef
-		for _, o := range r.objects {
-			if cm, ok := o.(*corev1.ConfigMap); ok && cm.Name == ref.Name {
-				v, ok := cm.Data[ref.Key]
-				if !ok {
-					return "", fmt.Errorf("env %s: ConfigMap %s has no key %s", e.Name, ref.Name, ref.Key)
-				}
-				return v, nil
-			}
-		}
-		return "", fmt.Errorf("env %s: no rendered ConfigMap %s", e.Name, ref.Name)
-	}
-	return "", fmt.Errorf("env %s: a source the test does not resolve", e.Name)
 }
 
 // envValue is the value of name in c's resolved environment.

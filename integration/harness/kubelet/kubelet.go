@@ -36,6 +36,9 @@ type Container struct {
 	// (projected tokens, config maps, secrets), as directories, by volume
 	// name. A hostPath volume is the host path itself.
 	Volumes map[string]string
+	// ConfigMaps are the data of the ConfigMaps that configMapKeyRef
+	// environment variables name, by ConfigMap name.
+	ConfigMaps map[string]map[string]string
 	// Worker runs the container in this worker's network namespace, as on
 	// that node with hostNetwork; nil: the host's network.
 	Worker *harness.Worker
@@ -45,7 +48,7 @@ type Container struct {
 func Start(t testing.TB, c Container) *harness.Proc {
 	t.Helper()
 	ctr := find(t, c.Pod, c.Name)
-	env := environment(t, ctr, c.Fields)
+	env := Environment(t, ctr, c.Fields, c.ConfigMaps)
 	argv := append(slices.Clone(ctr.Command), ctr.Args...)
 	if len(argv) == 0 {
 		t.Fatalf("container %s has no command", c.Name)
@@ -98,10 +101,12 @@ func find(t testing.TB, pod *corev1.PodSpec, name string) *corev1.Container {
 	return nil
 }
 
-// environment is the container's environment: literal values, and
-// fieldRef values from fields. Anything else (secrets, config maps,
-// resource fields) is refused: the daemons' manifests do not use it.
-func environment(t testing.TB, ctr *corev1.Container, fields map[string]string) map[string]string {
+// Environment is the container's environment as the kubelet makes it:
+// literal values ($(VAR) expanded from the variables before), fieldRef
+// values from fields, configMapKeyRef values from configMaps (ConfigMap
+// name to data). Anything else (secrets, resource fields) is refused: the
+// manifests under test do not use it.
+func Environment(t testing.TB, ctr *corev1.Container, fields map[string]string, configMaps map[string]map[string]string) map[string]string {
 	t.Helper()
 	env := map[string]string{}
 	for _, e := range ctr.Env {
@@ -114,8 +119,19 @@ func environment(t testing.TB, ctr *corev1.Container, fields map[string]string) 
 				t.Fatalf("env %s: no value given for field %s", e.Name, e.ValueFrom.FieldRef.FieldPath)
 			}
 			env[e.Name] = v
+		case e.ValueFrom.ConfigMapKeyRef != nil:
+			ref := e.ValueFrom.ConfigMapKeyRef
+			data, ok := configMaps[ref.Name]
+			if !ok {
+				t.Fatalf("env %s: no ConfigMap %s given", e.Name, ref.Name)
+			}
+			v, ok := data[ref.Key]
+			if !ok {
+				t.Fatalf("env %s: ConfigMap %s has no key %s", e.Name, ref.Name, ref.Key)
+			}
+			env[e.Name] = v
 		default:
-			t.Fatalf("env %s: only values and field references are supported", e.Name)
+			t.Fatalf("env %s: only values, field references and ConfigMap keys are supported", e.Name)
 		}
 	}
 	if len(ctr.EnvFrom) > 0 {
