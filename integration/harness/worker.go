@@ -1,6 +1,7 @@
 package harness
 
 import (
+	"context"
 	"fmt"
 	"net"
 	"net/netip"
@@ -12,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/containernetworking/plugins/pkg/ns"
 	"golang.org/x/sys/unix"
 )
 
@@ -101,6 +103,19 @@ func listenInLocked(ns, network, addr string) (net.Listener, error) {
 		return nil, fmt.Errorf("enter namespace %s: %w", ns, err)
 	}
 	return net.Listen(network, addr)
+}
+
+// Dial dials from inside the worker's namespace (what a process on the
+// worker reaches: its own listeners, the pod network).
+func (w *Worker) Dial(ctx context.Context, network, addr string) (net.Conn, error) {
+	var c net.Conn
+	err := ns.WithNetNSPath("/var/run/netns/"+w.Name, func(ns.NetNS) error {
+		var d net.Dialer
+		var err error
+		c, err = d.DialContext(ctx, network, addr)
+		return err
+	})
+	return c, err
 }
 
 // Command is cmd run inside the worker's namespace.

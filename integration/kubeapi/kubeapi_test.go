@@ -1,7 +1,9 @@
 package kubeapi
 
 import (
+	"bytes"
 	"context"
+	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
@@ -9,15 +11,22 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/client-go/kubernetes/scheme"
+	"k8s.io/client-go/tools/remotecommand"
+	utilexec "k8s.io/utils/exec"
+
 	"isthmus.dev/certs"
 	"isthmus.dev/egress"
 	"isthmus.dev/integration/harness"
 	"isthmus.dev/integration/harness/controlplane"
+	"isthmus.dev/integration/harness/streamkubelet"
 )
 
 const (
@@ -92,6 +101,7 @@ func TestKubeAPIServerThroughTunnel(t *testing.T) {
 			s.WaitReady(t)
 			createWorkload(t, cp.API, w.NodeAddr.String())
 			expectKubelet(t, cp.API) // through the tunnel
+			expectExec(t, cp)
 
 			a.Kill()
 			harness.WaitFor(t, 30*time.Second, "the server to notice the agent is gone", func() bool {
@@ -103,6 +113,7 @@ func TestKubeAPIServerThroughTunnel(t *testing.T) {
 			agent("anp")
 			s.WaitReady(t)
 			expectKubelet(t, cp.API)
+			expectExec(t, cp)
 		})
 	}
 }
@@ -177,6 +188,57 @@ func expectKubelet(t *testing.T, k *harness.KubeAPIServer) {
 	}
 }
 
+// expectExec runs `cat` in the pod through kube-apiserver, as kubectl exec
+// -i does, once with kubectl's WebSocket protocol (kube-apiserver turns it
+// into SPDY toward the kubelet) and once with SPDY: 1 MiB comes back
+// byte-exact, and a command's exit code reaches the client.
+func expectExec(t *testing.T, cp *controlplane.ControlPlane) {
+	t.Helper()
+	data := make([]byte, 1<<20)
+	if _, err := rand.Read(data); err != nil {
+		t.Fatal(err)
+	}
+	for _, proto := range []string{"websocket", "spdy"} {
+		run := func(stdin []byte, cmd ...string) (string, error) {
+			req := cp.Client.CoreV1().RESTClient().Post().Resource("pods").Namespace(e2eNamespace).Name(e2ePod).
+				SubResource("exec").VersionedParams(&corev1.PodExecOptions{Container: e2eContainer, Command: cmd,
+				Stdin: true, Stdout: true, Stderr: true}, scheme.ParameterCodec)
+			var exe remotecommand.Executor
+			var err error
+			if proto == "spdy" {
+				exe, err = remotecommand.NewSPDYExecutor(cp.Config, http.MethodPost, req.URL())
+			} else {
+				exe, err = remotecommand.NewWebSocketExecutor(cp.Config, http.MethodGet, req.URL().String())
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			defer cancel()
+			var out, errOut bytes.Buffer
+			err = exe.StreamWithContext(ctx, remotecommand.StreamOptions{Stdin: bytes.NewReader(stdin), Stdout: &out, Stderr: &errOut})
+			return out.String(), err
+		}
+		var out string
+		var err error
+		for try := range 10 { // kube-apiserver may still hold a tunnel from before the agent came back
+			if out, err = run(data, "cat"); err == nil {
+				break
+			}
+			t.Logf("exec cat over %s (try %d): %v", proto, try+1, err)
+			time.Sleep(time.Second)
+		}
+		if err != nil || out != string(data) {
+			t.Fatalf("exec cat over %s through the tunnel: %d bytes back of %d (equal: %v), %v", proto, len(out), len(data), out == string(data), err)
+		}
+		_, err = run(nil, "sh", "-c", "exit 7")
+		var ee utilexec.ExitError
+		if !errors.As(err, &ee) || ee.ExitStatus() != 7 {
+			t.Fatalf("exec exiting 7 over %s: %v (%T), want exit code 7", proto, err, err)
+		}
+	}
+}
+
 // createWorkload registers the worker as a Node at its address and binds a
 // Pod to it.
 func createWorkload(t *testing.T, k *harness.KubeAPIServer, nodeIP string) {
@@ -229,17 +291,28 @@ func startFakeKubelet(t *testing.T, w *harness.Worker, kp *harness.KubePKI) {
 	if err != nil {
 		t.Fatalf("fake kubelet: %v", err)
 	}
+	// The pod's logs, exec and port-forward are the kubelet's own
+	// streaming code (streamkubelet): exec runs a real process in the
+	// worker's namespace.
+	logFile := filepath.Join(t.TempDir(), "app.log")
+	if err := os.WriteFile(logFile, []byte(kubeletLogs), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	pod := &streamkubelet.Pod{Namespace: e2eNamespace, Name: e2ePod, UID: "",
+		Containers: map[string]*streamkubelet.Container{e2eContainer: {Log: logFile}},
+		Command: func(ctx context.Context, argv []string) *exec.Cmd {
+			bin, args := w.Command(argv[0], argv[1:]...)
+			return exec.CommandContext(ctx, bin, args...)
+		},
+		Dial: func(ctx context.Context, port int32) (net.Conn, error) {
+			return w.Dial(ctx, "tcp", net.JoinHostPort("127.0.0.1", fmt.Sprint(port)))
+		},
+	}
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", func(rw http.ResponseWriter, r *http.Request) {
 		fmt.Fprint(rw, kubeletHealth)
 	})
-	mux.HandleFunc("GET /containerLogs/{ns}/{pod}/{container}", func(rw http.ResponseWriter, r *http.Request) {
-		if r.PathValue("ns") != e2eNamespace || r.PathValue("pod") != e2ePod || r.PathValue("container") != e2eContainer {
-			http.Error(rw, "no such container", http.StatusNotFound)
-			return
-		}
-		fmt.Fprint(rw, kubeletLogs)
-	})
+	mux.Handle("/", streamkubelet.New(nil, pod))
 	srv := &http.Server{
 		Handler:           mux,
 		ReadHeaderTimeout: 10 * time.Second,
