@@ -37,19 +37,35 @@ func RequireKube(t testing.TB) {
 // about 10 minutes on 2 cores, later ones (or a warm Go build cache) seconds.
 func KubeAPIServerBinary(t testing.TB) string {
 	t.Helper()
+	return BuildTool(t, Tool{
+		Name: "kube-apiserver-" + KubeVersion, Module: "kubeapiserver", Package: "k8s.io/kubernetes/cmd/kube-apiserver",
+		LDFlags: kubeLDFlags(), Timeout: 40 * time.Minute, FirstBuild: "about 10 minutes on 2 cores",
+	})
+}
+
+// KubectlBinary builds kubectl KubeVersion once per machine (BuildTool,
+// from the builder module integration/kubectl) and returns its path; the
+// first build takes about 3 minutes on 2 cores.
+func KubectlBinary(t testing.TB) string {
+	t.Helper()
+	return BuildTool(t, Tool{
+		Name: "kubectl-" + KubeVersion, Module: "kubectl", Package: "k8s.io/kubernetes/cmd/kubectl",
+		LDFlags: kubeLDFlags(), Timeout: 30 * time.Minute, FirstBuild: "about 3 minutes on 2 cores",
+	})
+}
+
+// kubeLDFlags stamp KubeVersion into a Kubernetes program, as its
+// release builds do.
+func kubeLDFlags() string {
 	major, minor, _ := strings.Cut(strings.TrimPrefix(KubeVersion, "v"), ".")
 	minor, _, _ = strings.Cut(minor, ".")
-	ldflags := strings.Join([]string{
+	return strings.Join([]string{
 		"-X k8s.io/component-base/version.gitVersion=" + KubeVersion,
 		"-X k8s.io/component-base/version.gitMajor=" + major,
 		"-X k8s.io/component-base/version.gitMinor=" + minor,
 		"-X k8s.io/component-base/version.gitTreeState=clean",
 		"-X k8s.io/client-go/pkg/version.gitVersion=" + KubeVersion,
 	}, " ")
-	return BuildTool(t, Tool{
-		Name: "kube-apiserver-" + KubeVersion, Module: "kubeapiserver", Package: "k8s.io/kubernetes/cmd/kube-apiserver",
-		LDFlags: ldflags, Timeout: 40 * time.Minute, FirstBuild: "about 10 minutes on 2 cores",
-	})
 }
 
 // StartEtcd runs an etcd for one test on loopback and returns its client URL.

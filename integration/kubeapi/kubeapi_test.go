@@ -4,14 +4,11 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
-	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"net"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -23,7 +20,6 @@ import (
 	utilexec "k8s.io/utils/exec"
 
 	"isthmus.dev/certs"
-	"isthmus.dev/egress"
 	"isthmus.dev/integration/harness"
 	"isthmus.dev/integration/harness/controlplane"
 	"isthmus.dev/integration/harness/streamkubelet"
@@ -76,7 +72,7 @@ func TestKubeAPIServerThroughTunnel(t *testing.T) {
 			}
 			harness.RegisterBundle(t, pki)
 			uds := harness.UDSPath(t)
-			cp := startEgressControlPlane(t, mode, uds)
+			cp := controlplane.StartWithEgress(t, mode, uds)
 			startFakeKubelet(t, w, cp.PKI)
 			// Checked first: the control plane has no way to the kubelet but the tunnel.
 			kubeletAddr := net.JoinHostPort(w.NodeAddr.String(), fmt.Sprint(kubeletPort))
@@ -99,7 +95,7 @@ func TestKubeAPIServerThroughTunnel(t *testing.T) {
 			}
 			a := agent("native")
 			s.WaitReady(t)
-			createWorkload(t, cp.API, w.NodeAddr.String())
+			cp.CreateWorkload(t, workload(w.NodeAddr.String()))
 			expectKubelet(t, cp.API) // through the tunnel
 			expectExec(t, cp)
 
@@ -116,24 +112,6 @@ func TestKubeAPIServerThroughTunnel(t *testing.T) {
 			expectExec(t, cp)
 		})
 	}
-}
-
-// startEgressControlPlane starts a kube-apiserver (on the shared etcd and
-// PKI) with the egress configuration `isthmus egress render` makes for
-// mode: the cluster's traffic to a proxy-server on the socket uds.
-func startEgressControlPlane(t *testing.T, mode, uds string) *controlplane.ControlPlane {
-	t.Helper()
-	rendered, err := egress.Render(egress.Config{Mode: egress.Mode(mode), Transport: egress.TransportUDS,
-		UDSName: uds, ControlPlane: egress.RouteDirect, Etcd: egress.RouteDirect})
-	if err != nil {
-		t.Fatal(err)
-	}
-	file := filepath.Join(t.TempDir(), "egress.yaml")
-	if err := certs.WriteFileAtomic(file, rendered, 0o644); err != nil {
-		t.Fatal(err)
-	}
-	return controlplane.Start(t, controlplane.Opts{EtcdURL: controlplane.SharedEtcd(t), PKI: controlplane.SharedPKI(t),
-		Extra: egress.APIServerFlags(file, nil)})
 }
 
 // expectNoAgent checks that with the agent away node proxying and pod
@@ -239,94 +217,23 @@ func expectExec(t *testing.T, cp *controlplane.ControlPlane) {
 	}
 }
 
-// createWorkload registers the worker as a Node at its address and binds a
-// Pod to it.
-func createWorkload(t *testing.T, k *harness.KubeAPIServer, nodeIP string) {
-	t.Helper()
-	objects := []struct{ path, body string }{
-		{"/api/v1/nodes", fmt.Sprintf(`{"apiVersion":"v1","kind":"Node","metadata":{"name":%q},
-			"status":{"addresses":[{"type":"InternalIP","address":%q}],"daemonEndpoints":{"kubeletEndpoint":{"Port":%d}}}}`,
-			e2eNode, nodeIP, kubeletPort)},
-		{"/api/v1/namespaces", fmt.Sprintf(`{"apiVersion":"v1","kind":"Namespace","metadata":{"name":%q}}`, e2eNamespace)},
-		{"/api/v1/namespaces/" + e2eNamespace + "/pods", fmt.Sprintf(`{"apiVersion":"v1","kind":"Pod","metadata":{"name":%q},
-			"spec":{"nodeName":%q,"containers":[{"name":%q,"image":"registry.invalid/app:1"}]}}`, e2ePod, e2eNode, e2eContainer)},
-	}
-	for _, o := range objects {
-		// A namespace just created may not be known to admission yet: retry.
-		var status int
-		var body []byte
-		var err error
-		for range 20 {
-			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-			status, body, err = k.Do(ctx, http.MethodPost, o.path, []byte(o.body))
-			cancel()
-			if err == nil && status == http.StatusCreated {
-				break
-			}
-			time.Sleep(250 * time.Millisecond)
-		}
-		if err != nil || status != http.StatusCreated {
-			t.Fatalf("POST %s: %d %s %v", o.path, status, body, err)
-		}
-	}
+// workload is the e2e worker's Node and Pod.
+func workload(nodeIP string) controlplane.Workload {
+	return controlplane.Workload{Node: e2eNode, NodeIP: nodeIP, KubeletPort: kubeletPort,
+		Namespace: e2eNamespace, Pod: e2ePod, Container: e2eContainer}
 }
 
-// startFakeKubelet serves, inside the worker's namespace on the node's
-// address, the two kubelet endpoints the test asks for, over HTTPS with a
+// startFakeKubelet serves the kubelet API inside the worker's namespace on
+// the node's address (streamkubelet: /healthz, the pod's logs, exec and
+// port-forward with the kubelet's own streaming code), over HTTPS with a
 // certificate from the cluster CA, and only to clients with a certificate
 // from it (kube-apiserver's kubelet client certificate).
 func startFakeKubelet(t *testing.T, w *harness.Worker, kp *harness.KubePKI) {
 	t.Helper()
-	cert, err := tls.LoadX509KeyPair(kp.KubeletCert(t, e2eNode, w.NodeAddr.String()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	caPEM, err := os.ReadFile(kp.CA)
-	if err != nil {
-		t.Fatal(err)
-	}
-	pool := x509.NewCertPool()
-	pool.AppendCertsFromPEM(caPEM)
-	l, err := w.Listen("tcp", net.JoinHostPort(w.NodeAddr.String(), fmt.Sprint(kubeletPort)))
-	if err != nil {
-		t.Fatalf("fake kubelet: %v", err)
-	}
-	// The pod's logs, exec and port-forward are the kubelet's own
-	// streaming code (streamkubelet): exec runs a real process in the
-	// worker's namespace.
 	logFile := filepath.Join(t.TempDir(), "app.log")
 	if err := os.WriteFile(logFile, []byte(kubeletLogs), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	pod := &streamkubelet.Pod{Namespace: e2eNamespace, Name: e2ePod, UID: "",
-		Containers: map[string]*streamkubelet.Container{e2eContainer: {Log: logFile}},
-		Command: func(ctx context.Context, argv []string) *exec.Cmd {
-			bin, args := w.Command(argv[0], argv[1:]...)
-			return exec.CommandContext(ctx, bin, args...)
-		},
-		Dial: func(ctx context.Context, port int32) (net.Conn, error) {
-			return w.Dial(ctx, "tcp", net.JoinHostPort("127.0.0.1", fmt.Sprint(port)))
-		},
-	}
-	mux := http.NewServeMux()
-	mux.HandleFunc("GET /healthz", func(rw http.ResponseWriter, r *http.Request) {
-		fmt.Fprint(rw, kubeletHealth)
-	})
-	mux.Handle("/", streamkubelet.New(nil, pod))
-	srv := &http.Server{
-		Handler:           mux,
-		ReadHeaderTimeout: 10 * time.Second,
-		TLSConfig: &tls.Config{Certificates: []tls.Certificate{cert}, ClientCAs: pool,
-			ClientAuth: tls.RequireAndVerifyClientCert, MinVersion: tls.VersionTLS12},
-	}
-	done := make(chan error, 1)
-	go func() { done <- srv.ServeTLS(l, "", "") }()
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		_ = srv.Shutdown(ctx)
-		if err := <-done; err != nil && !errors.Is(err, http.ErrServerClosed) {
-			t.Errorf("fake kubelet: %v", err)
-		}
-	})
+	pod := streamkubelet.WorkerPod(w, e2eNamespace, e2ePod, map[string]*streamkubelet.Container{e2eContainer: {Log: logFile}})
+	streamkubelet.ServeOnWorker(t, w, kubeletPort, kp, e2eNode, kubeletHealth, streamkubelet.New(nil, pod))
 }

@@ -81,7 +81,7 @@ func runRenderedManifests(t *testing.T, mode manifests.Mode) {
 	})
 
 	startFakeKubelet(t, w, cp.PKI)
-	createWorkload(t, cp.API, w.NodeAddr.String())
+	cp.CreateWorkload(t, workload(w.NodeAddr.String()))
 	expectKubelet(t, cp.API)
 }
 

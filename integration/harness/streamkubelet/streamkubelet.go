@@ -8,6 +8,8 @@ package streamkubelet
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
@@ -18,11 +20,14 @@ import (
 	"os/exec"
 	"strconv"
 	"sync"
+	"testing"
 	"time"
 
 	"k8s.io/cri-streaming/pkg/streaming/portforward"
 	"k8s.io/cri-streaming/pkg/streaming/remotecommand"
 	utilexec "k8s.io/utils/exec"
+
+	"isthmus.dev/integration/harness"
 )
 
 // The kubelet's stream timeouts (its defaults).
@@ -398,4 +403,60 @@ func (p *Process) AttachContainer(ctx context.Context, _, _, _ string, in io.Rea
 		}
 	}
 	return nil
+}
+
+// WorkerPod is a pod on worker w: exec runs its process in w's network
+// namespace, port-forward dials the port on w's loopback.
+func WorkerPod(w *harness.Worker, namespace, name string, containers map[string]*Container) *Pod {
+	return &Pod{Namespace: namespace, Name: name, Containers: containers,
+		Command: func(ctx context.Context, argv []string) *exec.Cmd {
+			bin, args := w.Command(argv[0], argv[1:]...)
+			return exec.CommandContext(ctx, bin, args...)
+		},
+		Dial: func(ctx context.Context, port int32) (net.Conn, error) {
+			return w.Dial(ctx, "tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(int(port))))
+		},
+	}
+}
+
+// ServeOnWorker serves the kubelet API on w's node address and port over
+// HTTPS, as a kubelet does: the serving certificate kube-apiserver checks
+// (kp's, for node), client certificates of kp's CA required. /healthz
+// answers health; the rest is k. It stops at t's cleanup.
+func ServeOnWorker(t testing.TB, w *harness.Worker, port int, kp *harness.KubePKI, node, health string, k http.Handler) {
+	t.Helper()
+	cert, err := tls.LoadX509KeyPair(kp.KubeletCert(t, node, w.NodeAddr.String()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	caPEM, err := os.ReadFile(kp.CA)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(caPEM)
+	l, err := w.Listen("tcp", net.JoinHostPort(w.NodeAddr.String(), strconv.Itoa(port)))
+	if err != nil {
+		t.Fatalf("kubelet stand-in: %v", err)
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", func(rw http.ResponseWriter, r *http.Request) { fmt.Fprint(rw, health) })
+	mux.Handle("/", k)
+	srv := &http.Server{
+		Handler:           mux,
+		ReadHeaderTimeout: 10 * time.Second,
+		TLSConfig: &tls.Config{Certificates: []tls.Certificate{cert}, ClientCAs: pool,
+			ClientAuth: tls.RequireAndVerifyClientCert, MinVersion: tls.VersionTLS12},
+	}
+	done := make(chan error, 1)
+	go func() { done <- srv.ServeTLS(l, "", "") }()
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = srv.Shutdown(ctx)
+		_ = srv.Close() // the hijacked streams too
+		if err := <-done; err != nil && !errors.Is(err, http.ErrServerClosed) {
+			t.Errorf("kubelet stand-in: %v", err)
+		}
+	})
 }
