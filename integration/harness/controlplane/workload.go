@@ -8,6 +8,9 @@ import (
 	"testing"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
 	"isthmus.dev/certs"
 	"isthmus.dev/egress"
 )
@@ -70,5 +73,21 @@ func (cp *ControlPlane) CreateWorkload(t testing.TB, w Workload) {
 		if err != nil || status != http.StatusCreated {
 			t.Fatalf("POST %s: %d %s %v", o.path, status, body, err)
 		}
+	}
+	// Running, as the kubelet reports a started pod (kubectl port-forward
+	// refuses a pod that is not).
+	ctx, cancel := callCtx()
+	defer cancel()
+	pod, err := cp.Client.CoreV1().Pods(w.Namespace).Get(ctx, w.Pod, metav1.GetOptions{})
+	if err == nil {
+		now := metav1.Now()
+		pod.Status = corev1.PodStatus{Phase: corev1.PodRunning, HostIP: w.NodeIP, StartTime: &now,
+			Conditions: []corev1.PodCondition{{Type: corev1.PodReady, Status: corev1.ConditionTrue, LastTransitionTime: now}},
+			ContainerStatuses: []corev1.ContainerStatus{{Name: w.Container, Ready: true, Image: pod.Spec.Containers[0].Image,
+				State: corev1.ContainerState{Running: &corev1.ContainerStateRunning{StartedAt: now}}}}}
+		_, err = cp.Client.CoreV1().Pods(w.Namespace).UpdateStatus(ctx, pod, metav1.UpdateOptions{})
+	}
+	if err != nil {
+		t.Fatalf("pod %s/%s status Running: %v", w.Namespace, w.Pod, err)
 	}
 }

@@ -1,0 +1,248 @@
+package kubetraffic
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"io"
+	mrand "math/rand/v2"
+	"net"
+	"os"
+	"os/exec"
+	"regexp"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"isthmus.dev/integration/harness/controlplane"
+)
+
+// TestKubectlThroughTunnel runs kubectl's streaming commands through
+// kube-apiserver and the tunnel, against isthmus and upstream ANP in GRPC
+// and HTTPConnect mode, and prints the table of results side by side.
+func TestKubectlThroughTunnel(t *testing.T) {
+	t.Parallel()
+	controlplane.Require(t)
+	tb := &table{}
+	t.Cleanup(func() {
+		t.Logf("kubectl through the tunnel, isthmus and upstream side by side (isthmus's daemons are race-detector builds here and upstream's are not: the durations are not a benchmark; make bench is):\n%s", tb)
+	})
+	scenarios := []scenario{
+		{"exec -i 10 MiB", execScenario},
+		{"port-forward", portForwardScenario},
+		{"logs -f 60 s", logsFollowScenario},
+	}
+	for _, im := range impls {
+		for _, mode := range modes {
+			t.Run(im.name+"/"+mode, func(t *testing.T) {
+				t.Parallel()
+				s := newStack(t, im, mode)
+				runScenarios(t, s, tb, scenarios)
+			})
+		}
+	}
+}
+
+// execScenario: `kubectl exec -i -- cat` echoes 10 MiB byte-exact, and
+// `kubectl exec -- sh -c 'exit 7'` exits 7.
+func execScenario(t *testing.T, s *stack) (string, error) {
+	data := make([]byte, 10<<20)
+	if _, err := rand.Read(data); err != nil {
+		return "", err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	cmd := s.command(ctx, "exec", "-i", podName, "-c", container, "--", "cat")
+	cmd.Stdin = bytes.NewReader(data)
+	var out, errOut bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errOut
+	start := time.Now()
+	if err := cmd.Run(); err != nil {
+		return "", fmt.Errorf("kubectl exec -i cat: %w: %s", err, tailOf(errOut.String()))
+	}
+	took := time.Since(start)
+	if !bytes.Equal(out.Bytes(), data) {
+		return "", fmt.Errorf("kubectl exec -i cat: %d bytes back of %d, not the same", out.Len(), len(data))
+	}
+	errOut.Reset()
+	cmd = s.command(ctx, "exec", podName, "-c", container, "--", "sh", "-c", "exit 7")
+	cmd.Stderr = &errOut
+	err := cmd.Run()
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.ExitCode() != 7 {
+		return "", fmt.Errorf("kubectl exec of a command exiting 7: %v (%s), want exit code 7", err, tailOf(errOut.String()))
+	}
+	return fmt.Sprintf("10 MiB echoed in %v; exit code 7 carried", took.Round(10*time.Millisecond)), nil
+}
+
+var forwarding = regexp.MustCompile(`Forwarding from 127\.0\.0\.1:(\d+) ->`)
+
+// portForwardScenario: over one `kubectl port-forward`, one connection
+// echoes 100 MiB (100 MiB each way, byte-exact), then 50 connections at
+// once echo 1 MiB each.
+func portForwardScenario(t *testing.T, s *stack) (string, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	k, err := s.start(ctx, "port-forward", "--address=127.0.0.1", "pod/"+podName, fmt.Sprintf(":%d", backendPort))
+	if err != nil {
+		return "", err
+	}
+	defer k.stop()
+	stdout, errOut, exited := k.stdout, &k.errOut, k.exited
+	local := make(chan string, 1)
+	go func() {
+		sc := bufio.NewScanner(stdout)
+		for sc.Scan() {
+			if m := forwarding.FindStringSubmatch(sc.Text()); m != nil {
+				local <- net.JoinHostPort("127.0.0.1", m[1])
+			}
+		}
+	}()
+	var addr string
+	select {
+	case addr = <-local:
+	case err := <-exited:
+		exited <- err // for stop
+		return "", fmt.Errorf("kubectl port-forward exited: %v: %s", err, tailOf(errOut.String()))
+	case <-time.After(time.Minute):
+		return "", fmt.Errorf("kubectl port-forward did not say where it listens within a minute: %s", tailOf(errOut.String()))
+	}
+
+	start := time.Now()
+	if err := echoThrough(ctx, addr, 100<<20, 1); err != nil {
+		return "", fmt.Errorf("100 MiB through the port-forward: %w (kubectl: %s)", err, tailOf(errOut.String()))
+	}
+	big := time.Since(start)
+	start = time.Now()
+	var wg sync.WaitGroup
+	errs := make(chan error, 50)
+	for i := range 50 {
+		wg.Go(func() { errs <- echoThrough(ctx, addr, 1<<20, uint64(i+2)) })
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			return "", fmt.Errorf("50 connections at once through one port-forward: %w (kubectl: %s)", err, tailOf(errOut.String()))
+		}
+	}
+	return fmt.Sprintf("100 MiB each way in %v (%.0f MB/s); 50 x 1 MiB at once in %v",
+		big.Round(10*time.Millisecond), float64(100<<20)/big.Seconds()/1e6, time.Since(start).Round(10*time.Millisecond)), nil
+}
+
+// echoThrough sends n pseudo-random bytes (seed) to the echo backend at
+// addr while reading them back, and checks every byte.
+func echoThrough(ctx context.Context, addr string, n int, seed uint64) error {
+	var d net.Dialer
+	c, err := d.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	if dl, ok := ctx.Deadline(); ok {
+		_ = c.SetDeadline(dl)
+	}
+	werr := make(chan error, 1)
+	go func() {
+		_, err := io.Copy(c, io.LimitReader(pattern(seed), int64(n)))
+		werr <- err
+	}()
+	want := pattern(seed)
+	got, exp := make([]byte, 64<<10), make([]byte, 64<<10)
+	for read := 0; read < n; {
+		k, err := c.Read(got[:min(len(got), n-read)])
+		if k > 0 {
+			if _, err := io.ReadFull(want, exp[:k]); err != nil {
+				return err
+			}
+			if !bytes.Equal(got[:k], exp[:k]) {
+				return fmt.Errorf("byte %d onwards differs", read)
+			}
+			read += k
+		}
+		if err != nil {
+			return fmt.Errorf("after %d of %d bytes: %w", read, n, err)
+		}
+	}
+	return <-werr
+}
+
+// pattern is a deterministic stream of pseudo-random bytes.
+func pattern(seed uint64) io.Reader {
+	return &chachaReader{r: mrand.NewChaCha8([32]byte{byte(seed), byte(seed >> 8), byte(seed >> 16)})}
+}
+
+type chachaReader struct{ r *mrand.ChaCha8 }
+
+func (c *chachaReader) Read(p []byte) (int, error) { return c.r.Read(p) }
+
+// logsFollowScenario: `kubectl logs -f` receives the lines written to the
+// container's log, one every 100 ms for 60 s, in order; the note has the
+// longest time a line took to arrive.
+func logsFollowScenario(t *testing.T, s *stack) (string, error) {
+	const (
+		duration = 60 * time.Second
+		every    = 100 * time.Millisecond
+	)
+	ctx, cancel := context.WithTimeout(context.Background(), duration+2*time.Minute)
+	defer cancel()
+	k, err := s.start(ctx, "logs", "-f", podName, "-c", container)
+	if err != nil {
+		return "", err
+	}
+	defer k.stop()
+	stdout, errOut := k.stdout, &k.errOut
+	f, err := os.OpenFile(s.logPath, os.O_APPEND|os.O_WRONLY, 0)
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	lines := int(duration / every)
+	written := make([]time.Time, lines)
+	var mu sync.Mutex
+	go func() {
+		tick := time.NewTicker(every)
+		defer tick.Stop()
+		for i := range lines {
+			mu.Lock()
+			written[i] = time.Now()
+			mu.Unlock()
+			if _, err := fmt.Fprintf(f, "line %d\n", i); err != nil {
+				return
+			}
+			select {
+			case <-tick.C:
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
+	sc := bufio.NewScanner(stdout)
+	var worst time.Duration
+	for i := range lines {
+		if !sc.Scan() {
+			return "", fmt.Errorf("kubectl logs -f ended after %d of %d lines: %v %s", i, lines, sc.Err(), tailOf(errOut.String()))
+		}
+		if got, want := sc.Text(), "line "+strconv.Itoa(i); got != want {
+			return "", fmt.Errorf("kubectl logs -f: line %d is %q, want %q", i, got, want)
+		}
+		mu.Lock()
+		late := time.Since(written[i])
+		mu.Unlock()
+		worst = max(worst, late)
+	}
+	return fmt.Sprintf("%d lines over %v, each within %v of being written", lines, duration, worst.Round(time.Millisecond)), nil
+}
+
+func tailOf(s string) string {
+	s = strings.TrimSpace(s)
+	if len(s) > 400 {
+		s = "..." + s[len(s)-400:]
+	}
+	return s
+}
