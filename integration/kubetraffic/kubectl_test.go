@@ -36,6 +36,8 @@ func TestKubectlThroughTunnel(t *testing.T) {
 		{"exec -i 10 MiB", execScenario},
 		{"port-forward", portForwardScenario},
 		{"logs -f 60 s", logsFollowScenario},
+		{"attach -i", attachScenario},
+		{"cp 50 MiB both ways", cpScenario},
 	}
 	for _, im := range impls {
 		for _, mode := range modes {
@@ -245,4 +247,83 @@ func tailOf(s string) string {
 		s = "..." + s[len(s)-400:]
 	}
 	return s
+}
+
+// attachScenario: `kubectl attach -i` reaches the container's running
+// process: three lines in, its three answers out.
+func attachScenario(t *testing.T, s *stack) (string, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	pr, pw := io.Pipe()
+	cmd := s.command(ctx, "attach", "-i", podName, "-c", container)
+	cmd.Stdin = pr
+	k, err := s.startCmd(cmd)
+	if err != nil {
+		pw.Close()
+		return "", err
+	}
+	defer func() {
+		pw.Close() // kubectl's stdin ends, so its copier does too
+		k.stop()
+	}()
+	sc := bufio.NewScanner(k.stdout)
+	start := time.Now()
+	for i := range 3 {
+		line := "line " + strconv.Itoa(i)
+		if _, err := io.WriteString(pw, line+"\n"); err != nil {
+			return "", fmt.Errorf("write to kubectl attach: %w (%s)", err, tailOf(k.errOut.String()))
+		}
+		for {
+			if !sc.Scan() {
+				return "", fmt.Errorf("kubectl attach ended before the answer to %q: %v (%s)", line, sc.Err(), tailOf(k.errOut.String()))
+			}
+			// kubectl may print a notice first ("If you don't see a command prompt...").
+			if sc.Text() == "attached: "+line {
+				break
+			}
+		}
+	}
+	return fmt.Sprintf("3 lines answered in %v", time.Since(start).Round(time.Millisecond)), nil
+}
+
+// cpScenario: `kubectl cp` (tar over exec) copies a 50 MiB file into the
+// container and back out, byte-exact both ways.
+func cpScenario(t *testing.T, s *stack) (string, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	dir := t.TempDir() // the worker shares the host's file system
+	data := make([]byte, 50<<20)
+	if _, err := rand.Read(data); err != nil {
+		return "", err
+	}
+	src, in, out := dir+"/src.bin", dir+"/in-the-container.bin", dir+"/copied-back.bin"
+	if err := os.WriteFile(src, data, 0o644); err != nil {
+		return "", err
+	}
+	run := func(args ...string) error {
+		var errOut bytes.Buffer
+		cmd := s.command(ctx, args...)
+		cmd.Stderr = &errOut
+		if err := cmd.Run(); err != nil {
+			return fmt.Errorf("kubectl %s: %w: %s", strings.Join(args, " "), err, tailOf(errOut.String()))
+		}
+		return nil
+	}
+	start := time.Now()
+	if err := run("cp", "-c", container, src, namespace+"/"+podName+":"+in); err != nil {
+		return "", err
+	}
+	up := time.Since(start)
+	if got, err := os.ReadFile(in); err != nil || !bytes.Equal(got, data) {
+		return "", fmt.Errorf("kubectl cp into the container: the file there is not the same (%d bytes, %v)", len(got), err)
+	}
+	start = time.Now()
+	if err := run("cp", "-c", container, namespace+"/"+podName+":"+in, out); err != nil {
+		return "", err
+	}
+	down := time.Since(start)
+	if got, err := os.ReadFile(out); err != nil || !bytes.Equal(got, data) {
+		return "", fmt.Errorf("kubectl cp out of the container: the copy is not the same (%d bytes, %v)", len(got), err)
+	}
+	return fmt.Sprintf("50 MiB in %v, out %v", up.Round(10*time.Millisecond), down.Round(10*time.Millisecond)), nil
 }

@@ -74,7 +74,17 @@ func newStack(t *testing.T, im impl, mode string) *stack {
 	if err := os.WriteFile(s.logPath, nil, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	pod := streamkubelet.WorkerPod(s.w, namespace, podName, map[string]*streamkubelet.Container{container: {Log: s.logPath}})
+	// The container's main process, for attach: it answers each line of
+	// its stdin, in the worker's namespace.
+	pctx, cancel := context.WithCancel(context.Background())
+	bin, args := s.w.Command("sh", "-c", `while read -r line; do echo "attached: $line"; done`)
+	proc, err := streamkubelet.StartProcess(pctx, exec.Command(bin, args...))
+	if err != nil {
+		cancel()
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cancel(); <-proc.Done() })
+	pod := streamkubelet.WorkerPod(s.w, namespace, podName, map[string]*streamkubelet.Container{container: {Log: s.logPath, Attach: proc}})
 	streamkubelet.ServeOnWorker(t, s.w, kubeletPort, s.cp.PKI, node, "ok", streamkubelet.New(nil, pod))
 	ln, err := s.w.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", backendPort))
 	if err != nil {
@@ -110,7 +120,13 @@ type running struct {
 
 // start starts kubectl with args, its output on a pipe.
 func (s *stack) start(ctx context.Context, args ...string) (*running, error) {
-	r := &running{exited: make(chan error, 1), cmd: s.command(ctx, args...)}
+	return s.startCmd(s.command(ctx, args...))
+}
+
+// startCmd starts cmd (from command), its output on a pipe.
+func (s *stack) startCmd(cmd *exec.Cmd) (*running, error) {
+	r := &running{exited: make(chan error, 1), cmd: cmd}
+	args := cmd.Args[1:]
 	var err error
 	if r.stdout, err = r.cmd.StdoutPipe(); err != nil {
 		return nil, err
@@ -123,10 +139,15 @@ func (s *stack) start(ctx context.Context, args ...string) (*running, error) {
 	return r, nil
 }
 
-// stop ends kubectl (SIGTERM, as ^C) and waits for it.
+// stop ends kubectl (SIGTERM, as ^C; SIGKILL after 10 s) and waits for it.
 func (r *running) stop() {
 	_ = r.cmd.Process.Signal(syscall.SIGTERM)
-	<-r.exited
+	select {
+	case <-r.exited:
+	case <-time.After(10 * time.Second):
+		_ = r.cmd.Process.Kill()
+		<-r.exited
+	}
 }
 
 // result is one scenario's outcome on one implementation and mode.
