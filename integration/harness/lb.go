@@ -39,6 +39,14 @@ func StartLoadBalancer(t testing.TB, backends ...string) *LoadBalancer {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return ServeLoadBalancer(t, ln, backends...)
+}
+
+// ServeLoadBalancer is StartLoadBalancer on a listener of the test's (one
+// in a network namespace: a relay from there to the host's loopback); it
+// closes ln at cleanup.
+func ServeLoadBalancer(t testing.TB, ln net.Listener, backends ...string) *LoadBalancer {
+	t.Helper()
 	lb := &LoadBalancer{ln: ln, backends: slices.Clone(backends), conns: map[net.Conn]struct{}{}}
 	lb.wg.Add(1)
 	go lb.serve()

@@ -8,7 +8,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	mrand "math/rand/v2"
 	"net"
 	"os"
 	"os/exec"
@@ -19,6 +18,7 @@ import (
 	"testing"
 	"time"
 
+	"isthmus.dev/integration/harness"
 	"isthmus.dev/integration/harness/controlplane"
 )
 
@@ -137,8 +137,8 @@ func portForwardScenario(t *testing.T, s *stack) (string, error) {
 		big.Round(10*time.Millisecond), float64(100<<20)/big.Seconds()/1e6, time.Since(start).Round(10*time.Millisecond)), nil
 }
 
-// echoThrough sends n pseudo-random bytes (seed) to the echo backend at
-// addr while reading them back, and checks every byte.
+// echoThrough sends n bytes of pattern seed to the echo backend at addr
+// while reading them back, and checks every byte.
 func echoThrough(ctx context.Context, addr string, n int, seed uint64) error {
 	var d net.Dialer
 	c, err := d.DialContext(ctx, "tcp", addr)
@@ -149,39 +149,14 @@ func echoThrough(ctx context.Context, addr string, n int, seed uint64) error {
 	if dl, ok := ctx.Deadline(); ok {
 		_ = c.SetDeadline(dl)
 	}
+	p := harness.NewPattern(seed)
 	werr := make(chan error, 1)
-	go func() {
-		_, err := io.Copy(c, io.LimitReader(pattern(seed), int64(n)))
-		werr <- err
-	}()
-	want := pattern(seed)
-	got, exp := make([]byte, 64<<10), make([]byte, 64<<10)
-	for read := 0; read < n; {
-		k, err := c.Read(got[:min(len(got), n-read)])
-		if k > 0 {
-			if _, err := io.ReadFull(want, exp[:k]); err != nil {
-				return err
-			}
-			if !bytes.Equal(got[:k], exp[:k]) {
-				return fmt.Errorf("byte %d onwards differs", read)
-			}
-			read += k
-		}
-		if err != nil {
-			return fmt.Errorf("after %d of %d bytes: %w", read, n, err)
-		}
+	go func() { werr <- p.WriteChunks(c, int64(n), 64<<10) }()
+	if got := p.ReadVerify(c, int64(n)); got.Err != nil || got.N != int64(n) {
+		return fmt.Errorf("echo of %d bytes: %v", n, got)
 	}
 	return <-werr
 }
-
-// pattern is a deterministic stream of pseudo-random bytes.
-func pattern(seed uint64) io.Reader {
-	return &chachaReader{r: mrand.NewChaCha8([32]byte{byte(seed), byte(seed >> 8), byte(seed >> 16)})}
-}
-
-type chachaReader struct{ r *mrand.ChaCha8 }
-
-func (c *chachaReader) Read(p []byte) (int, error) { return c.r.Read(p) }
 
 // logsFollowScenario: `kubectl logs -f` receives the lines written to the
 // container's log, one every 100 ms for 60 s, in order; the note has the

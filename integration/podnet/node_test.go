@@ -242,64 +242,7 @@ func (n *node) relayAPI(t *testing.T, api string) {
 	if err != nil {
 		t.Fatalf("API relay on %s: %v", n.name, err)
 	}
-	var (
-		wg    sync.WaitGroup
-		mu    sync.Mutex
-		conns = map[net.Conn]struct{}{}
-	)
-	track := func(c net.Conn, add bool) bool {
-		mu.Lock()
-		defer mu.Unlock()
-		if conns == nil {
-			return false
-		}
-		if add {
-			conns[c] = struct{}{}
-		} else {
-			delete(conns, c)
-		}
-		return true
-	}
-	t.Cleanup(func() {
-		ln.Close()
-		mu.Lock()
-		for c := range conns {
-			c.Close()
-		}
-		conns = nil
-		mu.Unlock()
-		wg.Wait()
-	})
-	wg.Go(func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			wg.Go(func() {
-				defer c.Close()
-				up, err := net.DialTimeout("tcp", api, 10*time.Second)
-				if err != nil {
-					return
-				}
-				defer up.Close()
-				if !track(c, true) || !track(up, true) {
-					return
-				}
-				defer track(c, false)
-				defer track(up, false)
-				done := make(chan struct{})
-				go func() {
-					_, _ = io.Copy(up, c)
-					_ = up.(*net.TCPConn).CloseWrite()
-					close(done)
-				}()
-				_, _ = io.Copy(c, up)
-				_ = c.(*net.TCPConn).CloseWrite()
-				<-done
-			})
-		}
-	})
+	harness.ServeLoadBalancer(t, ln, api)
 }
 
 // httpGet asks url from inside the node's network namespace (a kubelet's
