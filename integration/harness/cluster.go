@@ -264,6 +264,13 @@ func StartAgent(t testing.TB, bins Binaries, s *Server, o AgentOpts) *Agent {
 func (a *Agent) Restart(t testing.TB) {
 	t.Helper()
 	a.Kill()
+	a.StartAgain(t)
+}
+
+// StartAgain starts an agent that was killed (Kill) again, with the same
+// flags, as its supervisor would.
+func (a *Agent) StartAgain(t testing.TB) {
+	t.Helper()
 	a.Proc = Start(t, a.Name, a.bin, a.args...)
 	a.DumpOnFailure = a.Opts.Impl == Isthmus
 }

@@ -26,8 +26,15 @@ type KubePKI struct {
 	AdminCert, AdminKey                 string // system:masters
 	KubeletClientCert, KubeletClientKey string // kube-apiserver toward kubelets
 	SAPub, SAKey                        string // service-account token signing
-	ca                                  *certs.CA
-	seq                                 atomic.Int32
+	// FrontProxyCA signs ProxyClientCert, the certificate kube-apiserver's
+	// aggregator presents to aggregated API servers (--proxy-client-cert-file),
+	// which trust it through --requestheader-client-ca-file. A CA of its
+	// own, as kubeadm's front-proxy-ca: a client certificate from the main
+	// CA must not be able to assert X-Remote-User.
+	FrontProxyCA                    string
+	ProxyClientCert, ProxyClientKey string
+	ca                              *certs.CA
+	seq                             atomic.Int32
 }
 
 // NewKubePKI creates the CA and the control plane's certificates in dir.
@@ -47,10 +54,60 @@ func NewKubePKI(t testing.TB, dir string) *KubePKI {
 	}
 	p.ServingCert, p.ServingKey = p.issue(t, "apiserver", certs.Request{CommonName: "kube-apiserver",
 		DNSNames: []string{"localhost"}, IPs: []net.IP{net.IPv4(127, 0, 0, 1)}, Server: true})
-	p.AdminCert, p.AdminKey = p.ClientCert(t, "admin", "isthmus-e2e-admin", "system:masters")
+	p.AdminCert, p.AdminKey = p.ClientCert(t, "admin", AdminUser, "system:masters")
 	p.KubeletClientCert, p.KubeletClientKey = p.ClientCert(t, "apiserver-kubelet-client", "kube-apiserver-kubelet-client", "system:masters")
 	p.SAKey, p.SAPub = writeSAKeys(t, dir)
+	fp, err := certs.NewCA("isthmus-e2e-front-proxy-ca", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	RegisterKeyPEM(t, "the front-proxy CA's key", fp.KeyPEM)
+	p.FrontProxyCA = filepath.Join(dir, "front-proxy-ca.crt")
+	if err := certs.WriteFileAtomic(p.FrontProxyCA, fp.CertPEM, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	pair, err := fp.Issue(certs.Request{CommonName: FrontProxyClient, Client: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	RegisterKeyPEM(t, "the front-proxy client's key", pair.KeyPEM)
+	if p.ProxyClientCert, p.ProxyClientKey, err = pair.WritePair(dir, "front-proxy-client"); err != nil {
+		t.Fatal(err)
+	}
 	return p
+}
+
+// AdminUser is the user name of the administrator's certificate
+// (KubePKI.AdminCert).
+const AdminUser = "isthmus-e2e-admin"
+
+// FrontProxyClient is the common name of the aggregator's client
+// certificate (kube-apiserver --requestheader-allowed-names).
+const FrontProxyClient = "front-proxy-client"
+
+// AggregationFlags are the kube-apiserver flags of API aggregation as
+// kubeadm sets them: the aggregator's client certificate and the request
+// headers aggregated servers (and webhooks) may trust.
+func (p *KubePKI) AggregationFlags() []string {
+	return []string{
+		"--requestheader-client-ca-file=" + p.FrontProxyCA,
+		"--requestheader-allowed-names=" + FrontProxyClient,
+		"--requestheader-username-headers=X-Remote-User",
+		"--requestheader-group-headers=X-Remote-Group",
+		"--requestheader-extra-headers-prefix=X-Remote-Extra-",
+		"--proxy-client-cert-file=" + p.ProxyClientCert,
+		"--proxy-client-key-file=" + p.ProxyClientKey,
+	}
+}
+
+// ServiceServing issues the serving certificate of Service name in
+// namespace ns, for the name kube-apiserver verifies when it calls a
+// webhook or an aggregated API server through a Service reference:
+// <name>.<ns>.svc.
+func (p *KubePKI) ServiceServing(t testing.TB, name, ns string) (cert, key string) {
+	t.Helper()
+	return p.issue(t, "svc-"+name+"-"+ns, certs.Request{CommonName: name + "." + ns + ".svc",
+		DNSNames: []string{name + "." + ns + ".svc"}, Server: true})
 }
 
 // ClientCert issues a client certificate for user (its groups as

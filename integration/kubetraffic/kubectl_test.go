@@ -38,6 +38,10 @@ func TestKubectlThroughTunnel(t *testing.T) {
 		{"logs -f 60 s", logsFollowScenario},
 		{"attach -i", attachScenario},
 		{"cp 50 MiB both ways", cpScenario},
+		{"webhook 200 creates", webhookScenario},
+		{"aggregated 200 get --raw", aggregatedScenario},
+		{"head-of-line", holScenario},
+		{"agent killed, restarted", agentRestartScenario},
 	}
 	for _, im := range impls {
 		for _, mode := range modes {
@@ -90,30 +94,12 @@ var forwarding = regexp.MustCompile(`Forwarding from 127\.0\.0\.1:(\d+) ->`)
 func portForwardScenario(t *testing.T, s *stack) (string, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	k, err := s.start(ctx, "port-forward", "--address=127.0.0.1", "pod/"+podName, fmt.Sprintf(":%d", backendPort))
+	k, addr, err := s.portForward(ctx, backendPort)
 	if err != nil {
 		return "", err
 	}
 	defer k.stop()
-	stdout, errOut, exited := k.stdout, &k.errOut, k.exited
-	local := make(chan string, 1)
-	go func() {
-		sc := bufio.NewScanner(stdout)
-		for sc.Scan() {
-			if m := forwarding.FindStringSubmatch(sc.Text()); m != nil {
-				local <- net.JoinHostPort("127.0.0.1", m[1])
-			}
-		}
-	}()
-	var addr string
-	select {
-	case addr = <-local:
-	case err := <-exited:
-		exited <- err // for stop
-		return "", fmt.Errorf("kubectl port-forward exited: %v: %s", err, tailOf(errOut.String()))
-	case <-time.After(time.Minute):
-		return "", fmt.Errorf("kubectl port-forward did not say where it listens within a minute: %s", tailOf(errOut.String()))
-	}
+	errOut := &k.errOut
 
 	start := time.Now()
 	if err := echoThrough(ctx, addr, 100<<20, 1); err != nil {

@@ -16,6 +16,7 @@ import (
 
 	"isthmus.dev/certs"
 	"isthmus.dev/integration/harness"
+	"isthmus.dev/integration/harness/aggapi"
 	"isthmus.dev/integration/harness/controlplane"
 	"isthmus.dev/integration/harness/streamkubelet"
 )
@@ -27,6 +28,7 @@ const (
 	container   = "app"
 	kubeletPort = 10250
 	backendPort = 8080 // the pod's port-forward target, on the worker's loopback
+	kubectlUser = "traffic-admin"
 )
 
 // impl is one implementation of the tunnel under test.
@@ -57,6 +59,11 @@ type stack struct {
 	kubeconfig string
 	logPath    string // the container's log file, which grows
 	backend    *harness.Backend
+	srv        *harness.Server
+	agent      *harness.Agent
+	flood      *flood         // a second port-forward target, for head-of-line blocking
+	webhook    *webhook       // behind Service admission
+	agg        *aggapi.Server // behind Service pings and APIService v1.stand.isthmus.dev
 }
 
 func newStack(t *testing.T, im impl, mode string) *stack {
@@ -91,14 +98,23 @@ func newStack(t *testing.T, im impl, mode string) *stack {
 		t.Fatal(err)
 	}
 	s.backend = harness.ServeBackend(t, ln, harness.Echo)
+	if ln, err = s.w.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", floodPort)); err != nil {
+		t.Fatal(err)
+	}
+	s.flood = &flood{}
+	harness.ServeBackend(t, ln, s.flood.handle)
 
-	srv := harness.StartServer(t, bins, pki, harness.ServerOpts{Impl: im.impl, Mode: mode, Transport: harness.UDS, UDSName: uds,
+	s.srv = harness.StartServer(t, bins, pki, harness.ServerOpts{Impl: im.impl, Mode: mode, Transport: harness.UDS, UDSName: uds,
 		Extra: []string{"--agent-bind-address=" + s.w.HostAddr.String()}})
-	harness.StartAgent(t, bins, srv, harness.AgentOpts{Impl: im.impl, Hosts: s.w.HostAddr.String(), Worker: s.w, Extra: im.agentArgs})
-	srv.WaitReady(t)
+	s.agent = harness.StartAgent(t, bins, s.srv, harness.AgentOpts{Impl: im.impl, Hosts: s.w.HostAddr.String(), Worker: s.w, Extra: im.agentArgs})
+	s.srv.WaitReady(t)
 	s.cp.CreateWorkload(t, controlplane.Workload{Node: node, NodeIP: s.w.NodeAddr.String(), KubeletPort: kubeletPort,
 		Namespace: namespace, Pod: podName, Container: container})
-	s.kubeconfig = s.cp.Kubeconfig(t, "traffic-admin", "system:masters")
+	s.webhook = &webhook{}
+	s.serveWebhook(t, s.webhook)
+	s.agg = s.serveAggregated(t)
+	s.registerAPIs(t)
+	s.kubeconfig = s.cp.Kubeconfig(t, kubectlUser, "system:masters")
 	return s
 }
 
@@ -178,16 +194,21 @@ func (tb *table) String() string {
 		return strings.Compare(a.scenario+a.impl+a.mode, b.scenario+b.impl+b.mode)
 	})
 	var b strings.Builder
-	fmt.Fprintf(&b, "%-22s %-9s %-13s %-6s %9s  %s\n", "scenario", "impl", "mode", "result", "took", "note")
+	fmt.Fprintf(&b, "%-25s %-9s %-13s %-6s %9s  %s\n", "scenario", "impl", "mode", "result", "took", "note")
 	for _, r := range rows {
 		res, note := "pass", r.note
 		if r.err != nil {
-			res, note = "FAIL", r.err.Error()
+			res = "FAIL"
+			if note != "" {
+				note += "; "
+			}
+			note += "error: " + r.err.Error()
 		}
-		if len(note) > 160 {
-			note = note[:160] + "..."
+		note = strings.ReplaceAll(note, "\n", " | ") // errors.Join's
+		if len(note) > 400 {
+			note = note[:400] + "..."
 		}
-		fmt.Fprintf(&b, "%-22s %-9s %-13s %-6s %9s  %s\n", r.scenario, r.impl, r.mode, res, r.took.Round(100*time.Millisecond), note)
+		fmt.Fprintf(&b, "%-25s %-9s %-13s %-6s %9s  %s\n", r.scenario, r.impl, r.mode, res, r.took.Round(100*time.Millisecond), note)
 	}
 	return b.String()
 }

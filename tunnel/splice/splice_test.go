@@ -117,6 +117,41 @@ func TestCutSourceResetsTheOtherSide(t *testing.T) {
 	client.Close()
 }
 
+// halfClosingCut is a cut tunnel stream that can half-close, as a native
+// stream can.
+type halfClosingCut struct{ failingConn }
+
+func (h *halfClosingCut) CloseWrite() error { return h.Conn.(*net.TCPConn).CloseWrite() }
+
+// A cut source ends the whole connection even when both ends could
+// half-close: a Unix-socket client (kube-apiserver on the UDS frontend)
+// cannot be sent a reset, and a half-close would leave it holding a
+// connection whose other end is gone. Splice ends without waiting for it,
+// and the client's next write fails.
+func TestCutSourceClosesAUnixPeer(t *testing.T) {
+	client, a := socketPair(t, "unix")
+	b, backend := tcpPair(t)
+	defer backend.Close()
+	defer client.Close()
+	done := make(chan Result, 1)
+	go func() { done <- Splice(a, &halfClosingCut{failingConn{Conn: b}}) }()
+	_ = client.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if got, err := io.ReadAll(client); string(got) != "partial" || err != nil {
+		t.Fatalf("client read %q, %v; want the partial data, then the end", got, err)
+	}
+	select {
+	case res := <-done:
+		if !errors.Is(res.Err, errCut) {
+			t.Fatalf("result error %v, want the cut", res.Err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("splice still holds the client's direction open after its source was cut")
+	}
+	if _, err := client.Write([]byte("anyone there?")); !errors.Is(err, syscall.EPIPE) {
+		t.Fatalf("client write after the cut: %v, want EPIPE", err)
+	}
+}
+
 // Idle connections hold no copy buffer (sockets are read through their raw
 // descriptors and give the buffer back while waiting), and wake up when
 // bytes come: bulk and light traffic both ways, over TCP and Unix sockets.

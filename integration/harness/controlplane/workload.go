@@ -18,7 +18,12 @@ import (
 // StartWithEgress starts a control plane (on the shared etcd and PKI) with
 // the egress configuration `isthmus egress render` makes for mode (grpc or
 // http-connect): the cluster's traffic to a proxy-server on the Unix
-// socket uds; extra are more kube-apiserver flags.
+// socket uds; extra are more kube-apiserver flags. API aggregation is set
+// up as kubeadm does (KubePKI.AggregationFlags), and kube-apiserver calls
+// webhooks and aggregated API servers at their Services' endpoint
+// addresses (--enable-aggregator-routing), as a control plane that cannot
+// reach cluster IPs must: through the egress "cluster" selection, that is
+// through the tunnel.
 func StartWithEgress(t testing.TB, mode, uds string, extra ...string) *ControlPlane {
 	t.Helper()
 	rendered, err := egress.Render(egress.Config{Mode: egress.Mode(mode), Transport: egress.TransportUDS,
@@ -30,7 +35,10 @@ func StartWithEgress(t testing.TB, mode, uds string, extra ...string) *ControlPl
 	if err := certs.WriteFileAtomic(file, rendered, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	return Start(t, Opts{EtcdURL: SharedEtcd(t), PKI: SharedPKI(t), Extra: append(egress.APIServerFlags(file, nil), extra...)})
+	pki := SharedPKI(t)
+	flags := append(egress.APIServerFlags(file, nil), pki.AggregationFlags()...)
+	flags = append(flags, "--enable-aggregator-routing=true")
+	return Start(t, Opts{EtcdURL: SharedEtcd(t), PKI: pki, Extra: append(flags, extra...)})
 }
 
 // Workload is a Node at a worker's address and a Pod bound to it, with one
