@@ -69,7 +69,8 @@ func (f *flood) waitStalled(ctx context.Context, d time.Duration) (int64, error)
 type execSession struct {
 	*running
 	in    io.WriteCloser
-	lines chan string // what cat sent back; closed at its end
+	lines chan string   // what cat sent back; closed at its end
+	quit  chan struct{} // closed by close: what comes after is dropped
 }
 
 func (s *stack) startExec(ctx context.Context) (*execSession, error) {
@@ -82,12 +83,15 @@ func (s *stack) startExec(ctx context.Context) (*execSession, error) {
 	if err != nil {
 		return nil, err
 	}
-	e := &execSession{running: r, in: in, lines: make(chan string, 16)}
+	e := &execSession{running: r, in: in, lines: make(chan string, 16), quit: make(chan struct{})}
 	go func() {
 		defer close(e.lines)
 		sc := bufio.NewScanner(r.stdout)
-		for sc.Scan() {
-			e.lines <- sc.Text()
+		for sc.Scan() { // to kubectl's end, so that it never blocks on its output
+			select {
+			case e.lines <- sc.Text():
+			case <-e.quit:
+			}
 		}
 	}()
 	return e, nil
@@ -113,6 +117,7 @@ func (e *execSession) roundTrip(line string, d time.Duration) error {
 }
 
 func (e *execSession) close() {
+	close(e.quit)
 	_ = e.in.Close()
 	e.stop()
 }
@@ -213,33 +218,19 @@ func holScenario(t *testing.T, s *stack) (string, error) {
 	const (
 		rounds   = 30
 		perRound = 20 * time.Second
-		window   = time.Minute // for all the rounds of every kind
+		window   = 30 * time.Second // for all the rounds of every kind
 	)
 	ctx, cancel := context.WithTimeout(context.Background(), 6*time.Minute)
 	defer cancel()
 	if err := s.waitAPIServiceAvailable(ctx, 2*time.Minute); err != nil {
 		return "", err
 	}
-	ex, err := s.startExec(ctx)
+	o, err := s.openStreams(ctx, floodPort, "before the stall")
 	if err != nil {
 		return "", err
 	}
-	defer ex.close()
-	if err := ex.roundTrip("before the stall", perRound); err != nil {
-		return "", err
-	}
-
-	pf, addr, err := s.portForward(ctx, floodPort)
-	if err != nil {
-		return "", err
-	}
-	defer pf.stop()
-	var d net.Dialer
-	stalled, err := d.DialContext(ctx, "tcp", addr)
-	if err != nil {
-		return "", fmt.Errorf("connect to the port-forward: %w", err)
-	}
-	defer stalled.Close()
+	defer o.close()
+	ex, pf, stalled := o.exec, o.pf, o.conn
 	// Nothing reads stalled until the probes are done.
 	held, err := s.flood.waitStalled(ctx, time.Minute)
 	if err != nil {
@@ -289,4 +280,44 @@ func holScenario(t *testing.T, s *stack) (string, error) {
 		return note, err
 	}
 	return note + "; the stream then resumed in order", nil
+}
+
+// openStreams is a running `kubectl exec -i -- cat` and a connection
+// through a `kubectl port-forward`, open through the agent.
+type openStreams struct {
+	exec *execSession
+	pf   *running
+	conn net.Conn
+}
+
+// openStreams starts an exec and checks it with a round trip of line, then
+// a port-forward to port of the pod, and connects through it.
+func (s *stack) openStreams(ctx context.Context, port int, line string) (*openStreams, error) {
+	ex, err := s.startExec(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if err := ex.roundTrip(line, time.Minute); err != nil {
+		ex.close()
+		return nil, err
+	}
+	pf, addr, err := s.portForward(ctx, port)
+	if err != nil {
+		ex.close()
+		return nil, err
+	}
+	var d net.Dialer
+	c, err := d.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		pf.stop()
+		ex.close()
+		return nil, fmt.Errorf("connect to the port-forward: %w", err)
+	}
+	return &openStreams{exec: ex, pf: pf, conn: c}, nil
+}
+
+func (o *openStreams) close() {
+	_ = o.conn.Close()
+	o.pf.stop()
+	o.exec.close()
 }

@@ -104,25 +104,12 @@ func agentRestartScenario(t *testing.T, s *stack) (string, error) {
 		return "", err
 	}
 	// Streams open through the agent, each shown to work.
-	ex, err := s.startExec(ctx)
+	o, err := s.openStreams(ctx, backendPort, "before the kill")
 	if err != nil {
 		return "", err
 	}
-	defer ex.close()
-	if err := ex.roundTrip("before the kill", time.Minute); err != nil {
-		return "", err
-	}
-	pf, addr, err := s.portForward(ctx, backendPort)
-	if err != nil {
-		return "", err
-	}
-	defer pf.stop()
-	var d net.Dialer
-	fwd, err := d.DialContext(ctx, "tcp", addr)
-	if err != nil {
-		return "", err
-	}
-	defer fwd.Close()
+	defer o.close()
+	ex, fwd := o.exec, o.conn
 	if err := echoOn(fwd, "before the kill"); err != nil {
 		return "", fmt.Errorf("port-forwarded connection: %w", err)
 	}
