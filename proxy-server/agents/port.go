@@ -17,6 +17,7 @@ import (
 	"isthmus.dev/tunnel/ident"
 	"isthmus.dev/tunnel/limits"
 	"isthmus.dev/tunnel/native"
+	"isthmus.dev/tunnel/splice"
 )
 
 // Port serves the agent port: one TLS listener where ALPN picks the link.
@@ -94,7 +95,9 @@ func (p *Port) handshake(ctx context.Context, tc *tls.Conn, grpcLn *chanListener
 		timeout = DefaultHandshakeTimeout
 	}
 	hctx, cancel := context.WithTimeout(ctx, timeout)
-	err := tc.HandshakeContext(hctx)
+	// On a stack of its own: this goroutine then serves the agent's link
+	// for its whole life, and should not keep what a handshake grows.
+	err := splice.OnOwnStack(func() error { return tc.HandshakeContext(hctx) })
 	cancel()
 	switch {
 	case err != nil && errors.Is(err, context.DeadlineExceeded) && ctx.Err() == nil:
@@ -126,23 +129,28 @@ func (s *Server) ServeNative(ctx context.Context, conn net.Conn, cfg native.Conf
 		release func() // the agent id's claim on a link
 	)
 	remote := conn.RemoteAddr().String()
-	l, err := native.Accept(ctx, conn, native.ServerOptions{
-		ServerID: s.ServerID, ServerCount: s.ServerCount, Config: cfg, Log: s.Log,
-		// Check runs inside Accept, before the agent is told.
-		Check: func(ctx context.Context, h native.Hello) error {
-			agentID = h.AgentID
-			err := s.checkNative(ctx, h, &id)
-			if err != nil {
-				refused = true
-				s.refused(LinkNative, agentID, remote, err)
+	// The link's handshake (and a token review) on a stack of its own, as
+	// the TLS handshake: this goroutine then reads the link's control
+	// stream for its whole life.
+	l, err := onOwnStack2(func() (*native.ServerLink, error) {
+		return native.Accept(ctx, conn, native.ServerOptions{
+			ServerID: s.ServerID, ServerCount: s.ServerCount, Config: cfg, Log: s.Log,
+			// Check runs inside Accept, before the agent is told.
+			Check: func(ctx context.Context, h native.Hello) error {
+				agentID = h.AgentID
+				err := s.checkNative(ctx, h, &id)
+				if err != nil {
+					refused = true
+					s.refused(LinkNative, agentID, remote, err)
+					return err
+				}
+				if release, err = s.claim(agentID); err != nil {
+					refused = true
+					s.tooManyLinks(LinkNative, remote, err.(*LinkLimitError))
+				}
 				return err
-			}
-			if release, err = s.claim(agentID); err != nil {
-				refused = true
-				s.tooManyLinks(LinkNative, remote, err.(*LinkLimitError))
-			}
-			return err
-		},
+			},
+		})
 	})
 	if err != nil {
 		if release != nil {
@@ -248,3 +256,16 @@ func (handshaken) Info() credentials.ProtocolInfo {
 }
 func (h handshaken) Clone() credentials.TransportCredentials { return h }
 func (handshaken) OverrideServerName(string) error           { return nil }
+
+// onOwnStack2 is splice.OnOwnStack for a function with two results.
+func onOwnStack2[T any](f func() (T, error)) (T, error) {
+	type result struct {
+		v   T
+		err error
+	}
+	r := splice.OnOwnStack(func() result {
+		v, err := f()
+		return result{v, err}
+	})
+	return r.v, r.err
+}

@@ -4,9 +4,12 @@ import (
 	"bufio"
 	"crypto/tls"
 	"encoding/binary"
+	"io"
 	"net"
+	"os"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 )
 
@@ -19,20 +22,95 @@ import (
 // RawConn is the TCP connection under the TLS of a native link. Wrap the
 // raw connection with it before TLS (see WrapRaw); writes go straight
 // through except inside a batch.
+//
+// It holds no buffer while the link is idle, so that an agent port with
+// thousands of quiet agents costs little per agent: a read waits for the
+// socket to be readable with none (the runtime's poller waits, as for any
+// read), then takes a pooled buffer, fetches all that is there (many TLS
+// records per system call under bulk traffic), and gives the buffer back
+// once TLS has read it all. A batch of writes borrows its buffer likewise.
 type RawConn struct {
 	net.Conn
-	r        *bufio.Reader // TLS reads a record at a time: fetch many per system call
+	raw    syscall.RawConn // nil when the connection has no descriptor (a pipe)
+	readFD func(fd uintptr) bool
+	rbuf   *[]byte // bytes fetched and not yet read, rbuf[roff:rend]; nil when none
+	roff   int
+	rend   int
+	rerr   error // what the last raw read reported
+
 	mu       sync.Mutex
-	w        *bufio.Writer
+	w        *bufio.Writer // while batching
 	batching bool
 }
 
+// rawBufSize is the read and write buffer of a busy link: many TLS records
+// per system call.
+const rawBufSize = 256 << 10
+
+var (
+	rawReadPool  = sync.Pool{New: func() any { b := make([]byte, rawBufSize); return &b }}
+	rawWritePool = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, rawBufSize) }}
+)
+
 // WrapRaw wraps a raw connection for the TLS of an agent port or agent.
 func WrapRaw(c net.Conn) *RawConn {
-	return &RawConn{Conn: c, r: bufio.NewReaderSize(c, 256<<10), w: bufio.NewWriterSize(c, 256<<10)}
+	r := &RawConn{Conn: c}
+	if sc, ok := c.(syscall.Conn); ok {
+		if rc, err := sc.SyscallConn(); err == nil {
+			r.raw = rc
+			r.readFD = r.readRaw
+		}
+	}
+	return r
 }
 
-func (r *RawConn) Read(p []byte) (int, error) { return r.r.Read(p) }
+// Read serves what was fetched, or fetches more. TLS reads from one
+// goroutine at a time (under its input lock), so Read needs no lock.
+func (r *RawConn) Read(p []byte) (int, error) {
+	if r.raw == nil {
+		return r.Conn.Read(p)
+	}
+	if r.rbuf == nil {
+		if err := r.raw.Read(r.readFD); err != nil {
+			return 0, err // closed, or a deadline
+		}
+		switch {
+		case r.rerr != nil:
+			return 0, os.NewSyscallError("read", r.rerr)
+		case r.rbuf == nil: // the peer closed its side
+			return 0, io.EOF
+		}
+	}
+	n := copy(p, (*r.rbuf)[r.roff:r.rend])
+	r.roff += n
+	if r.roff == r.rend {
+		rawReadPool.Put(r.rbuf)
+		r.rbuf = nil
+	}
+	return n, nil
+}
+
+// readRaw fetches what the socket holds into a pooled buffer; when it
+// holds nothing it gives the buffer back and lets the poller wait.
+func (r *RawConn) readRaw(fd uintptr) bool {
+	b := rawReadPool.Get().(*[]byte)
+	for {
+		n, err := syscall.Read(int(fd), *b)
+		switch {
+		case err == syscall.EINTR:
+			continue
+		case err == syscall.EAGAIN:
+			rawReadPool.Put(b)
+			return false
+		case err != nil || n == 0:
+			rawReadPool.Put(b)
+			r.rerr = err
+			return true
+		}
+		r.rbuf, r.roff, r.rend, r.rerr = b, 0, n, nil
+		return true
+	}
+}
 
 func (r *RawConn) Write(p []byte) (int, error) {
 	r.mu.Lock()
@@ -47,6 +125,8 @@ func (r *RawConn) Write(p []byte) (int, error) {
 func (r *RawConn) batch(write func() error) error {
 	r.mu.Lock()
 	r.batching = true
+	r.w = rawWritePool.Get().(*bufio.Writer)
+	r.w.Reset(r.Conn)
 	r.mu.Unlock()
 	err := write()
 	r.mu.Lock()
@@ -54,6 +134,9 @@ func (r *RawConn) batch(write func() error) error {
 	if ferr := r.w.Flush(); err == nil {
 		err = ferr
 	}
+	r.w.Reset(nil)
+	rawWritePool.Put(r.w)
+	r.w = nil
 	r.mu.Unlock()
 	return err
 }
@@ -82,7 +165,9 @@ const (
 //   - Small frames (requests, answers, window updates, dial headers) are
 //     queued and written by a flusher goroutine: while it writes one batch,
 //     the next gathers, so a thousand busy connections share TLS records
-//     and system calls instead of paying one each (group commit).
+//     and system calls instead of paying one each (group commit). The
+//     flusher ends when it finds the queue empty, and the next small frame
+//     starts another: an idle link holds no goroutine and no large queue.
 //
 // Order is kept: a large frame waits until the queue is written.
 type frameWriter struct {
@@ -99,8 +184,8 @@ type frameWriter struct {
 	writing  bool  // a batch or a large frame is being written
 	err      error // the first write error; every later write returns it
 	closed   bool
-	flushing bool // the flusher goroutine runs
-	done     chan struct{}
+	flushing bool           // a flusher goroutine runs
+	flushers sync.WaitGroup // the one that runs, for Close
 }
 
 const (
@@ -108,10 +193,13 @@ const (
 	directFrame = 16<<10 + yamuxHeaderSize + 1
 	// maxQueue bounds the queue; yamux's send loop waits beyond it.
 	maxQueue = 256 << 10
+	// keepQueue: a flusher that ends keeps queue buffers up to this
+	// capacity for the next burst, and drops larger ones.
+	keepQueue = 16 << 10
 )
 
 func newFrameWriter(c net.Conn) *frameWriter {
-	fw := &frameWriter{Conn: c, held: make([]byte, 0, yamuxHeaderSize), done: make(chan struct{})}
+	fw := &frameWriter{Conn: c, held: make([]byte, 0, yamuxHeaderSize)}
 	fw.cond.L = &fw.mu
 	if tc, ok := c.(*tls.Conn); ok {
 		fw.raw, _ = tc.NetConn().(*RawConn)
@@ -157,6 +245,7 @@ func (f *frameWriter) Write(p []byte) (int, error) {
 		f.queue = append(append(f.queue, hdr...), p...)
 		if !f.flushing {
 			f.flushing = true
+			f.flushers.Add(1)
 			go f.flush()
 		}
 		f.cond.Broadcast()
@@ -193,17 +282,25 @@ func (f *frameWriter) failed() error {
 	return nil
 }
 
-// flush writes the queue, a batch at a time, until the writer closes or
-// fails; it idles on the condition between batches.
+// flush writes the queue, a batch at a time, until it finds the queue
+// empty or the writer closes or fails.
 func (f *frameWriter) flush() {
-	defer close(f.done)
+	defer f.flushers.Done()
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	for {
-		for f.err == nil && !f.closed && (len(f.queue) == 0 || f.writing) {
+		for f.err == nil && !f.closed && f.writing { // a large frame goes out
 			f.cond.Wait()
 		}
-		if f.err != nil || f.closed {
+		if f.err != nil || f.closed || len(f.queue) == 0 {
+			f.flushing = false
+			if cap(f.spare) > keepQueue {
+				f.spare = nil
+			}
+			if len(f.queue) == 0 && cap(f.queue) > keepQueue {
+				f.queue = nil
+			}
+			f.cond.Broadcast()
 			return
 		}
 		batch := f.queue
@@ -263,12 +360,9 @@ func (f *frameWriter) Close() error {
 		t.Stop()
 	}
 	f.closed = true
-	running := f.flushing
 	f.cond.Broadcast()
 	f.mu.Unlock()
 	err := f.Conn.Close()
-	if running {
-		<-f.done
-	}
+	f.flushers.Wait()
 	return err
 }

@@ -7,6 +7,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"testing"
+	"time"
 )
 
 // frameWriter keeps yamux's order whatever mix of small (queued) and large
@@ -74,5 +75,96 @@ func TestFrameWriterKeepsOrderAndFlushesOnClose(t *testing.T) {
 	}
 	if _, err := fw.Write([]byte("late")); err == nil {
 		t.Fatal("a write after Close succeeded")
+	}
+}
+
+// tcpPair returns both ends of a loopback TCP connection.
+func tcpPair(t *testing.T) (net.Conn, net.Conn) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	accepted := make(chan net.Conn, 1)
+	go func() {
+		c, _ := ln.Accept()
+		accepted <- c
+	}()
+	c, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := <-accepted
+	if s == nil {
+		t.Fatal("accept failed")
+	}
+	t.Cleanup(func() { c.Close(); s.Close() })
+	return c, s
+}
+
+// A RawConn holds a read buffer only while it has fetched bytes not yet
+// read, gives every byte in order whatever the reader's sizes, and reports
+// the peer's close as EOF: an idle link holds no buffer.
+func TestRawConnHoldsNoBufferIdle(t *testing.T) {
+	c, s := tcpPair(t)
+	r := WrapRaw(s)
+	if r.rbuf != nil || r.w != nil {
+		t.Fatal("a new RawConn holds a buffer")
+	}
+	data := bytes.Repeat([]byte("0123456789abcdef"), 64<<10) // 1 MiB
+	go func() {
+		_, _ = c.Write(data)
+		c.Close()
+	}()
+	var got bytes.Buffer
+	sizes := []int{5, 1, 16 << 10, 300, 512 << 10}
+	for i := 0; ; i++ {
+		p := make([]byte, sizes[i%len(sizes)])
+		n, err := r.Read(p)
+		got.Write(p[:n])
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		if i > 1<<20 {
+			t.Fatal("no EOF after the peer closed")
+		}
+	}
+	if !bytes.Equal(got.Bytes(), data) {
+		t.Fatalf("read %d bytes, want the %d written, in order", got.Len(), len(data))
+	}
+	if r.rbuf != nil {
+		t.Fatal("the RawConn still holds a read buffer with nothing left to read")
+	}
+}
+
+// The flusher ends once the queue is written, and drops a queue grown by a
+// burst: an idle link holds neither.
+func TestFrameWriterIdleHoldsNoFlusher(t *testing.T) {
+	c, s := tcpPair(t)
+	go func() { _, _ = io.Copy(io.Discard, s) }()
+	fw := newFrameWriter(c)
+	f := []byte{0, 1, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0} // a window update: queued
+	for range 10000 {                               // a burst: 120 KB queued at most
+		if _, err := fw.Write(f); err != nil {
+			t.Fatal(err)
+		}
+	}
+	idle := func() bool {
+		fw.mu.Lock()
+		defer fw.mu.Unlock()
+		return !fw.flushing && len(fw.queue) == 0 && cap(fw.queue) <= keepQueue && cap(fw.spare) <= keepQueue
+	}
+	for i := 0; !idle(); i++ {
+		if i == 1000 {
+			t.Fatal("the flusher still runs, or holds a large queue, 10 s after the last frame")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if err := fw.Close(); err != nil {
+		t.Fatal(err)
 	}
 }

@@ -5,8 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
 	"net"
 	"sync"
+	"time"
 
 	"github.com/hashicorp/yamux"
 
@@ -30,7 +32,33 @@ func newSession(ys *yamux.Session, ctrl net.Conn, log *slog.Logger, cfg Config) 
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &session{ys: ys, ctrl: ctrl, log: log, maxCtl: cfg.MaxControlMessage, conns: map[uint32]*streamConn{}}
+	s := &session{ys: ys, ctrl: ctrl, log: log, maxCtl: cfg.MaxControlMessage, conns: map[uint32]*streamConn{}}
+	s.keepAlive(cfg.keepAlive())
+	return s
+}
+
+// keepAlive pings the peer every interval (give or take a tenth, so that
+// links made together do not ping together) and closes the session when a
+// ping gets no answer within yamux's ConnectionWriteTimeout, as yamux's own
+// keepalive does; between pings it holds a timer, not a goroutine.
+func (s *session) keepAlive(interval time.Duration) {
+	next := func() time.Duration {
+		return interval - interval/10 + rand.N(interval/5+1)
+	}
+	var t *time.Timer
+	t = time.AfterFunc(next(), func() {
+		if s.ys.IsClosed() {
+			return
+		}
+		if _, err := s.ys.Ping(); err != nil {
+			if !s.ys.IsClosed() {
+				s.log.Warn("closing the link: the peer did not answer a keepalive ping", "err", err)
+				_ = s.ys.Close()
+			}
+			return
+		}
+		t.Reset(next())
+	})
 }
 
 func (s *session) writeCtl(m ctl) error {
@@ -119,23 +147,18 @@ func (s *session) readControl(onMsg func(ctl) error) error {
 }
 
 // run serves the session until ctx ends or the session or its control
-// stream fails, then closes everything.
+// stream fails, then closes everything. The control stream is read on the
+// caller's goroutine: a link costs no goroutine of its own beyond yamux's.
 func (s *session) run(ctx context.Context, onMsg func(ctl) error) error {
-	errc := make(chan error, 1)
-	go func() { errc <- s.readControl(onMsg) }()
-	var err error
-	select {
-	case err = <-errc:
-		errc = nil
-	case <-ctx.Done():
+	stop := context.AfterFunc(ctx, func() { _ = s.ys.Close() })
+	err := s.readControl(onMsg)
+	switch {
+	case !stop():
 		err = context.Cause(ctx)
-	case <-s.ys.CloseChan():
+	case s.ys.IsClosed():
 		err = link.ErrLinkClosed
 	}
 	_ = s.ys.Close()
-	if errc != nil {
-		<-errc // the control reader ends with the session
-	}
 	s.endCuts()
 	if errors.Is(err, ErrProtocol) && !errors.Is(err, ErrControlTooLarge) { // the owner counts and logs that bound
 		s.log.Warn("closing the link: the peer broke the protocol", "err", err)

@@ -249,10 +249,11 @@ func (c Config) yamux() *yamux.Config {
 	if y.MaxStreamWindowSize == 0 {
 		y.MaxStreamWindowSize = DefaultStreamWindow
 	}
-	y.KeepAliveInterval = c.KeepAlive
-	if y.KeepAliveInterval == 0 {
-		y.KeepAliveInterval = DefaultKeepAlive
-	}
+	// The session pings on a timer of ours (session.keepAlive), not from a
+	// goroutine of yamux's: an idle link then holds no goroutine for it,
+	// and the pings of many links are spread out.
+	y.EnableKeepAlive = false
+	y.KeepAliveInterval = c.keepAlive()
 	y.ConnectionWriteTimeout = c.WriteTimeout
 	if y.ConnectionWriteTimeout == 0 {
 		y.ConnectionWriteTimeout = DefaultWriteTimeout
@@ -264,6 +265,13 @@ func (c Config) yamux() *yamux.Config {
 	y.StreamCloseTimeout = 0
 	y.LogOutput = io.Discard
 	return y
+}
+
+func (c Config) keepAlive() time.Duration {
+	if c.KeepAlive > 0 {
+		return c.KeepAlive
+	}
+	return DefaultKeepAlive
 }
 
 func (c Config) handshakeTimeout() time.Duration {
