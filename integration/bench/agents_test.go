@@ -71,7 +71,6 @@ func BenchmarkAgents(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	defer harness.Cleanup()
 	load := filepath.Join(b.TempDir(), "agentload")
 	if out, err := exec.Command("go", "build", "-o", load, "isthmus.dev/integration/bench/agentload").CombinedOutput(); err != nil {
 		b.Fatalf("build agentload: %v\n%s", err, out)

@@ -60,6 +60,14 @@ type path struct {
 	floor   bool            // the bare TLS relays: throughput rows only
 }
 
+// TestMain removes the binaries the benchmarks share (harness.Build builds
+// them once per process) after the last one.
+func TestMain(m *testing.M) {
+	code := m.Run()
+	harness.Cleanup()
+	os.Exit(code)
+}
+
 // BenchmarkTunnel prints the comparison table. It runs once whatever b.N is.
 func BenchmarkTunnel(b *testing.B) {
 	// 1000 connections at once need about 2000 descriptors here (client and
@@ -72,7 +80,6 @@ func BenchmarkTunnel(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	defer harness.Cleanup()
 	backend := harness.StartBackend(b, serveBench)
 	pki := harness.NewPKI(b)
 
