@@ -986,12 +986,12 @@ func startFloor(b *testing.B, pki *certs.Bundle, addr string) *path {
 	farAddr := net.JoinHostPort("127.0.0.1", strconv.Itoa(harness.FreePort(b)))
 	far := harness.Start(b, "tlsfloor-far", bin, "--role=far", "--listen="+farAddr, "--to="+addr,
 		"--cert="+pki.AgentPortCert, "--key="+pki.AgentPortKey)
-	sock, err := os.MkdirTemp("", "isthmus-floor-") // short: socket paths are limited to 108 bytes
+	sockDir, err := os.MkdirTemp("", "isthmus-floor-") // short: socket paths are limited to 108 bytes
 	if err != nil {
 		b.Fatal(err)
 	}
-	b.Cleanup(func() { os.RemoveAll(sock) })
-	sock = filepath.Join(sock, "near.sock")
+	b.Cleanup(func() { os.RemoveAll(sockDir) })
+	sock := filepath.Join(sockDir, "near.sock")
 	near := harness.Start(b, "tlsfloor-near", bin, "--role=near", "--listen="+sock, "--to="+farAddr, "--ca="+pki.CACert)
 	harness.WaitFor(b, 30*time.Second, "the tlsfloor relays", func() bool {
 		c, err := net.Dial("unix", sock)
