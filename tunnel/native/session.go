@@ -37,13 +37,15 @@ func newSession(ys *yamux.Session, ctrl net.Conn, log *slog.Logger, cfg Config) 
 	return s
 }
 
-// keepAlive pings the peer every interval (give or take a tenth, so that
-// links made together do not ping together) and closes the session when a
-// ping gets no answer within yamux's ConnectionWriteTimeout, as yamux's own
-// keepalive does; between pings it holds a timer, not a goroutine.
+// keepAlive pings the peer every interval (up to a fifth sooner, at
+// random, so that links made together do not ping together; never later,
+// so a dead path is still noticed within KeepAlive + WriteTimeout) and
+// closes the session when a ping gets no answer within yamux's
+// ConnectionWriteTimeout, as yamux's own keepalive does. Between pings it
+// holds a timer, not a goroutine.
 func (s *session) keepAlive(interval time.Duration) {
 	next := func() time.Duration {
-		return interval - interval/10 + rand.N(interval/5+1)
+		return interval - rand.N(interval/5+1)
 	}
 	var t *time.Timer
 	t = time.AfterFunc(next(), func() {
@@ -52,7 +54,8 @@ func (s *session) keepAlive(interval time.Duration) {
 		}
 		if _, err := s.ys.Ping(); err != nil {
 			if !s.ys.IsClosed() {
-				s.log.Warn("closing the link: the peer did not answer a keepalive ping", "err", err)
+				s.log.Warn("closing the link: the peer did not answer a keepalive ping; the agent reconnects. "+
+					"If this repeats, check the path between agent and proxy-server (a firewall or load balancer dropping idle or long connections, packet loss)", "err", err)
 				_ = s.ys.Close()
 			}
 			return

@@ -174,7 +174,7 @@ func connectNative(ctx, dctx context.Context, o options, tc *tls.Config, id stri
 	}
 	if p := conn.ConnectionState().NegotiatedProtocol; p != native.ALPN {
 		conn.Close()
-		return nil, fmt.Errorf("the server does not offer the native link (ALPN %q)", p)
+		return nil, fmt.Errorf("the server does not offer the native link (ALPN %q): run with --link=anp, or against an isthmus proxy-server", p)
 	}
 	l, _, err := native.Connect(dctx, conn, native.Hello{AgentID: id}, native.AgentOptions{})
 	if err != nil {
@@ -263,7 +263,7 @@ func raiseNofile(need uint64) error {
 		return nil
 	}
 	if l.Max < need {
-		return fmt.Errorf("open-file limit: hard limit %d is below the %d descriptors %d agents need", l.Max, need, need-256)
+		return fmt.Errorf("open-file limit: hard limit %d is below the %d descriptors %d agents need: raise it (ulimit -Hn, as root) or ask for fewer --agents", l.Max, need, need-256)
 	}
 	l.Cur = need
 	return syscall.Setrlimit(syscall.RLIMIT_NOFILE, &l)
