@@ -86,7 +86,8 @@ func (c *Counter) list(ctx context.Context) (string, error) {
 // watch applies the events of one watch from rv until kube-apiserver ends it
 // (nil), it fails, or ctx ends; it returns the last resource version seen.
 // The watch is stopped and drained before watch returns, so client-go's
-// receiving goroutine has ended.
+// receiving goroutine has closed its channel and is past its last send (it
+// returns on its own a moment later).
 func (c *Counter) watch(ctx context.Context, rv string) (string, error) {
 	timeout := int64((watchTimeoutMin + rand.N(watchTimeoutMin)) / time.Second)
 	w, err := c.leases.Watch(ctx, metav1.ListOptions{LabelSelector: c.selector, ResourceVersion: rv,
