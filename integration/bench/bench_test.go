@@ -34,12 +34,13 @@ type config struct {
 	rrSeconds float64
 	idleConns int
 	holSecs   float64
+	pingSecs  float64 // one connection's round trips, one after another
 }
 
 func benchConfig() config {
-	c := config{bytes: 256 << 20, rounds: 5, dials: 400, rrConns: 1000, rrSeconds: 5, idleConns: 1000, holSecs: 10}
+	c := config{bytes: 256 << 20, rounds: 5, dials: 400, rrConns: 1000, rrSeconds: 5, idleConns: 1000, holSecs: 10, pingSecs: 2}
 	if os.Getenv("BENCH_QUICK") == "1" {
-		c = config{bytes: 32 << 20, rounds: 3, dials: 100, rrConns: 200, rrSeconds: 1, idleConns: 300, holSecs: 2}
+		c = config{bytes: 32 << 20, rounds: 3, dials: 100, rrConns: 200, rrSeconds: 1, idleConns: 300, holSecs: 2, pingSecs: 0.5}
 	}
 	c.bytes = envInt("BENCH_BYTES", c.bytes)
 	c.rounds = envInt("BENCH_ROUNDS", c.rounds)
@@ -67,6 +68,7 @@ type path struct {
 	proxy   string       // loadgen client --proxy
 	procs   []*harness.Proc
 	metrics []string // the daemons' /metrics URLs
+	pprof   []string // with BENCH_PROFILE_DIR: the daemons' /debug/pprof URLs, server first
 	floor   bool     // the bare TLS relays
 }
 
@@ -99,6 +101,7 @@ type result struct {
 	cpuPerRT       series // server+agent CPU µs per round trip
 	rrP99          series // ms
 	rrConns        int
+	pingP50        series // µs, one connection's round trip
 	dialP50        series // ms, the round's median
 	dialP99        series // ms
 	cpuPerDial     series // server+agent CPU µs per dial
@@ -113,6 +116,7 @@ func (r *result) note(format string, a ...any) { r.notes = append(r.notes, fmt.S
 // BenchmarkTunnel prints the comparison tables. It runs once whatever b.N is.
 func BenchmarkTunnel(b *testing.B) {
 	cfg := benchConfig()
+	profileDir := os.Getenv("BENCH_PROFILE_DIR")
 	nofile, err := raiseNofile()
 	if err != nil {
 		b.Fatal(err)
@@ -132,11 +136,21 @@ func BenchmarkTunnel(b *testing.B) {
 		link string // our agent's --link; "" for upstream
 	}{{harness.Isthmus, "native"}, {harness.Isthmus, "anp"}, {harness.Upstream, ""}} {
 		for _, mode := range []string{harness.HTTPConnect, harness.GRPC} {
-			s := harness.StartServer(b, bins, pki, harness.ServerOpts{Impl: v.impl, Mode: mode, Transport: harness.UDS})
-			ao := harness.AgentOpts{Impl: v.impl}
+			// BENCH_PROFILE_DIR: the daemons serve /debug/pprof on their
+			// admin ports, for CPU profiles of round 1 (see profiler).
+			var sExtra, aExtra, pprof []string
+			if profileDir != "" {
+				port := harness.FreeRegisteredPort // upstream refuses ports above 49151
+				sp, ap := port(b), port(b)
+				sExtra = []string{"--enable-profiling", "--admin-port=" + strconv.Itoa(sp)}
+				aExtra = []string{"--enable-profiling", "--admin-server-port=" + strconv.Itoa(ap)}
+				pprof = []string{fmt.Sprintf("http://127.0.0.1:%d/debug/pprof", sp), fmt.Sprintf("http://127.0.0.1:%d/debug/pprof", ap)}
+			}
+			s := harness.StartServer(b, bins, pki, harness.ServerOpts{Impl: v.impl, Mode: mode, Transport: harness.UDS, Extra: sExtra})
+			ao := harness.AgentOpts{Impl: v.impl, Extra: aExtra}
 			name := fmt.Sprintf("%s, %s", v.impl, mode)
 			if v.link != "" {
-				ao.Extra = []string{"--link=" + v.link}
+				ao.Extra = append(ao.Extra, "--link="+v.link)
 				name = fmt.Sprintf("%s %s link, %s", v.impl, v.link, mode)
 			}
 			a := harness.StartAgent(b, bins, s, ao)
@@ -146,7 +160,7 @@ func BenchmarkTunnel(b *testing.B) {
 				via = "grpc"
 			}
 			paths = append(paths, &path{name: name, impl: v.impl, mode: mode, via: via, proxy: s.UDS,
-				procs: []*harness.Proc{s.Proc, a.Proc}, metrics: []string{s.MetricsURL(), a.MetricsURL()}})
+				procs: []*harness.Proc{s.Proc, a.Proc}, metrics: []string{s.MetricsURL(), a.MetricsURL()}, pprof: pprof})
 		}
 	}
 	// Each daemon must be able to hold every connection of the largest
@@ -166,7 +180,7 @@ func BenchmarkTunnel(b *testing.B) {
 	if nofile.Cur < need {
 		notes = append(notes, fmt.Sprintf("open-file limit of the test process is %d (hard %d), below the %d its clients need", nofile.Cur, nofile.Max, need))
 	}
-	lg := &loadgenRunner{bin: loadgen, backend: backend}
+	lg := &loadgenRunner{bin: loadgen, backend: backend, profileDir: profileDir}
 	res := make([]result, len(paths))
 	var phases []string // how long each phase took
 	phase := func(name string, t0 time.Time) {
@@ -206,6 +220,7 @@ func BenchmarkTunnel(b *testing.B) {
 		rrT += time.Since(t0)
 		t0 = time.Now()
 		for _, i := range order {
+			lg.pingPong(paths[i], &res[i], cfg.pingSecs, r)
 			if !paths[i].floor {
 				lg.dials(paths[i], &res[i], cfg.dials, r)
 			}
@@ -214,7 +229,7 @@ func BenchmarkTunnel(b *testing.B) {
 		b.Logf("round %d of %d done", r+1, cfg.rounds)
 	}
 	phases = append(phases, fmt.Sprintf("transfers %v", bulkT.Round(time.Second)),
-		fmt.Sprintf("round trips %v", rrT.Round(time.Second)), fmt.Sprintf("dials %v", dialT.Round(time.Second)))
+		fmt.Sprintf("round trips %v", rrT.Round(time.Second)), fmt.Sprintf("one-connection round trips and dials %v", dialT.Round(time.Second)))
 
 	// Head-of-line: while A does not read (its backend floods), B on the
 	// same agent does 1 KiB round trips.
@@ -236,6 +251,9 @@ func BenchmarkTunnel(b *testing.B) {
 		for _, n := range res[i].notes {
 			fmt.Printf("FAILED %s: %s\n", p.name, n)
 		}
+	}
+	if profileDir != "" {
+		fmt.Printf("CPU profiles of round 1 (round trips, dials) of every daemon are in %s: go tool pprof -top <file>\n", profileDir)
 	}
 	fmt.Println()
 	if f, u := res[1].up.median(), res[2].up.median(); f > 0 && u > 0 {
@@ -282,6 +300,7 @@ func report(cfg config, paths []*path, res []result) string {
 	rr := func(r result) series { return r.rr }
 	cpuRT := func(r result) series { return r.cpuPerRT }
 	dial50 := func(r result) series { return r.dialP50 }
+	ping := func(r result) series { return r.pingP50 }
 	cpuDial := func(r result) series { return r.cpuPerDial }
 	idleRSS := func(r result) series {
 		if r.idle.opened == 0 {
@@ -305,16 +324,27 @@ func report(cfg config, paths []*path, res []result) string {
 	}
 	tw.Flush()
 
-	fmt.Fprintf(&sb, "\nSmall messages: round trips (RT): %d connections at once, each doing 1 KiB request/response for %.0f s; dials: %d a round, one at a time, each from dial to the backend's first byte. CPU: server+agent (or the two relays) µs per round trip and per dial. Median of %d interleaved rounds (min-max):\n\n",
-		cfg.rrConns, cfg.rrSeconds, cfg.dials, cfg.rounds)
+	fmt.Fprintf(&sb, "\nSmall messages: round trips (RT): %d connections at once, each doing 1 KiB request/response for %.0f s. CPU: server+agent (or the two relays) µs per round trip. Median of %d interleaved rounds (min-max):\n\n",
+		cfg.rrConns, cfg.rrSeconds, cfg.rounds)
 	tw = tabwriter.NewWriter(&sb, 2, 4, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintf(tw, "path\tRT/s\tvs floor\tvs ANP\tCPU µs/RT\tvs floor\tvs ANP\tRT p99 ms\tdial p50 ms\tvs ANP\tdial p99 ms\tCPU µs/dial\tvs ANP\tdial errors\t\n")
+	fmt.Fprintf(tw, "path\tRT/s\tvs floor\tvs ANP\tCPU µs/RT\tvs floor\tvs ANP\tRT p99 ms\t\n")
 	for i, p := range paths {
 		r := res[i]
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t\n", p.name,
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t\n", p.name,
 			r.rr.spread("%.0f"), vsFloor(i, rr), vsANP(i, rr),
 			r.cpuPerRT.spread("%.1f"), vsFloor(i, cpuRT), vsANP(i, cpuRT),
-			r.rrP99.spread("%.1f"),
+			r.rrP99.spread("%.1f"))
+	}
+	tw.Flush()
+
+	fmt.Fprintf(&sb, "\nLatency: one connection's 1 KiB round trips one after another for %.1f s (p50); dials: %d a round, one at a time, each from dial to the backend's first byte. CPU: server+agent µs per dial. Median of %d interleaved rounds (min-max):\n\n",
+		cfg.pingSecs, cfg.dials, cfg.rounds)
+	tw = tabwriter.NewWriter(&sb, 2, 4, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintf(tw, "path\tone-conn RT p50 µs\tvs floor\tvs ANP\tdial p50 ms\tvs ANP\tdial p99 ms\tCPU µs/dial\tvs ANP\tdial errors\t\n")
+	for i, p := range paths {
+		r := res[i]
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t\n", p.name,
+			r.pingP50.spread("%.0f"), vsFloor(i, ping), vsANP(i, ping),
 			r.dialP50.spread("%.3f"), vsANP(i, dial50), r.dialP99.spread("%.3f"),
 			r.cpuPerDial.spread("%.0f"), vsANP(i, cpuDial), r.dialErrors)
 	}

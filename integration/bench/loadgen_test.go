@@ -141,6 +141,7 @@ type Result struct {
 	MBps       float64 `json:"mbps"`
 	Trips      int     `json:"trips"`
 	Seconds    float64 `json:"seconds"`
+	P50        int64   `json:"p50_ns"`
 	P99        int64   `json:"p99_ns"`
 	Gap        int64   `json:"gap_ns"`
 	Latencies  []int64 `json:"lat_ns"`
@@ -159,8 +160,34 @@ type clientRun struct {
 }
 
 type loadgenRunner struct {
-	bin     string
-	backend *backendProc
+	bin        string
+	backend    *backendProc
+	profileDir string // BENCH_PROFILE_DIR
+}
+
+// profile takes a CPU profile of each of p's daemons for the next seconds
+// into profileDir, when p serves /debug/pprof and this is round 1; wait
+// waits for them (and reports a failure as a note).
+func (lg *loadgenRunner) profile(p *path, res *result, op string, round int, seconds float64) (wait func()) {
+	if lg.profileDir == "" || len(p.pprof) == 0 || round != 0 {
+		return func() {}
+	}
+	slug := strings.NewReplacer(" ", "-", ",", "").Replace(p.name)
+	errs := make(chan error, len(p.pprof))
+	for k, u := range p.pprof {
+		who := []string{"server", "agent"}[k]
+		go func() {
+			url := fmt.Sprintf("%s/profile?seconds=%d", u, max(1, int(seconds+0.5)))
+			errs <- saveURL(url, filepath.Join(lg.profileDir, fmt.Sprintf("%s-%s-%s.pprof", slug, who, op)))
+		}()
+	}
+	return func() {
+		for range p.pprof {
+			if err := <-errs; err != nil {
+				res.note("CPU profile of %s: %v", op, err)
+			}
+		}
+	}
 }
 
 // start runs a loadgen client for p and waits (up to 10 minutes) for it
@@ -334,9 +361,11 @@ func (lg *loadgenRunner) roundTrips(p *path, res *result, conns int, seconds flo
 		res.note("round %d round trips: %d of %d dials failed, first: %s", round+1, ready.Failed, conns, ready.FirstError)
 	}
 	res.rrConns = ready.Conns
+	wait := lg.profile(p, res, "rr", round, seconds)
 	cpu0 := cpuSeconds(p.procs)
 	r, err := c.run(time.Duration(seconds)*time.Second + 2*time.Minute)
 	cpu := cpuSeconds(p.procs) - cpu0
+	wait()
 	if err != nil {
 		res.note("round %d round trips: %v", round+1, err)
 		return
@@ -355,6 +384,37 @@ func (lg *loadgenRunner) roundTrips(p *path, res *result, conns int, seconds flo
 	}
 }
 
+// pingPong is one connection doing 1 KiB round trips one after another
+// for seconds: the latency of a message through p when nothing else
+// moves, and so what one hop between processes costs here (the direct
+// path's round trip is two hops; a tunnel's, six).
+func (lg *loadgenRunner) pingPong(p *path, res *result, seconds float64, round int) {
+	c, ready, err := lg.start(p, "rr", "--conns=1", "--seconds="+strconv.FormatFloat(seconds, 'f', -1, 64))
+	if err != nil {
+		res.note("round %d one-connection round trips: %v", round+1, err)
+		return
+	}
+	defer func() {
+		c.finish()
+		if left := lg.backend.drained(); left != 0 {
+			res.note("round %d one-connection round trips: %d backend connections still open 15 s after the client closed them", round+1, left)
+		}
+	}()
+	if ready.Conns != 1 {
+		res.note("round %d one-connection round trips: dial failed: %s", round+1, ready.FirstError)
+		return
+	}
+	r, err := c.run(time.Duration(seconds)*time.Second + time.Minute)
+	switch {
+	case err != nil:
+		res.note("round %d one-connection round trips: %v", round+1, err)
+	case r.Errors > 0:
+		res.note("round %d one-connection round trips: %s", round+1, r.FirstError)
+	case r.Trips > 0:
+		res.pingP50 = append(res.pingP50, float64(r.P50)/1e3)
+	}
+}
+
 // dials makes n dials through p one at a time, and the daemons' CPU time
 // per dial.
 func (lg *loadgenRunner) dials(p *path, res *result, n, round int) {
@@ -363,10 +423,13 @@ func (lg *loadgenRunner) dials(p *path, res *result, n, round int) {
 		res.note("round %d dials: %v", round+1, err)
 		return
 	}
+	// The profile runs about as long as the dials (a millisecond each).
+	wait := lg.profile(p, res, "dials", round, float64(n)/1000)
 	cpu0 := cpuSeconds(p.procs)
 	r, err := c.run(10 * time.Minute)
 	cpu := cpuSeconds(p.procs) - cpu0
 	c.finish()
+	wait()
 	if err != nil {
 		res.note("round %d dials: %v", round+1, err)
 		return

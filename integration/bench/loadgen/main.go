@@ -250,6 +250,7 @@ type Result struct {
 	MBps       float64 `json:"mbps,omitempty"`    // up, down, echo (each way)
 	Trips      int     `json:"trips,omitempty"`   // rr, hol
 	Seconds    float64 `json:"seconds,omitempty"` // how long the operation ran
+	P50        int64   `json:"p50_ns,omitempty"`  // rr, hol: round trip
 	P99        int64   `json:"p99_ns,omitempty"`  // rr, hol: round trip
 	Gap        int64   `json:"gap_ns,omitempty"`  // hol: longest time without a reply
 	Latencies  []int64 `json:"lat_ns,omitempty"`  // dials: each dial's time to first byte
@@ -605,6 +606,7 @@ func (r *roundTrips) run(ctx context.Context, _ dialFunc) (Result, error) {
 		all = append(all, l...)
 	}
 	res.Trips = len(all)
+	res.P50 = int64(pct(all, 50))
 	res.P99 = int64(pct(all, 99))
 	for _, e := range errs {
 		if e != nil {
