@@ -11,8 +11,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/hashicorp/yamux"
-
 	"isthmus.dev/tunnel/link"
 )
 
@@ -55,7 +53,7 @@ type AgentLink struct {
 func Connect(ctx context.Context, conn net.Conn, h Hello, o AgentOptions) (*AgentLink, Welcome, error) {
 	var w Welcome
 	fw := newFrameWriter(conn)
-	ys, err := yamux.Client(fw, o.Config.yamux())
+	ys, err := newMux(fw, true, o.Config.yamux())
 	if err != nil {
 		conn.Close()
 		return nil, w, err
@@ -158,7 +156,7 @@ func (l *AgentLink) Accept(ctx context.Context) (link.Request, error) {
 // header (a flood must cost nothing but the answer) and closes the stream.
 // It runs on the accept loop: a session too slow to take the answer slows
 // the server's next dials, which is the point.
-func (l *AgentLink) refuseBusy(st *yamux.Stream) {
+func (l *AgentLink) refuseBusy(st muxStream) {
 	n := l.pending.Add(-1)
 	// Counted before the answer leaves: whoever sees the refusal sees it
 	// counted.
@@ -174,7 +172,7 @@ func (l *AgentLink) refuseBusy(st *yamux.Stream) {
 // server sends nothing before the answer, so anything it does meanwhile
 // (its FIN, an abort, the session ending) cancels the dial. The request
 // counts as pending from the stream's accept until its answer.
-func (l *AgentLink) request(st *yamux.Stream) {
+func (l *AgentLink) request(st muxStream) {
 	c := l.track(st)
 	_ = st.SetReadDeadline(time.Now().Add(l.opts.Config.handshakeTimeout()))
 	address, err := readHeader(st)

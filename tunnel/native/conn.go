@@ -9,8 +9,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/hashicorp/yamux"
-
 	"isthmus.dev/tunnel/link"
 )
 
@@ -37,7 +35,7 @@ const cutAnswerTimeout = 30 * time.Second
 //     the cut would read as a clean end). The peer's reads get what
 //     arrived, then ErrAborted, never EOF.
 type streamConn struct {
-	*yamux.Stream
+	muxStream
 	sess *session
 
 	mu            sync.Mutex
@@ -53,7 +51,7 @@ type streamConn struct {
 }
 
 func (c *streamConn) Read(p []byte) (int, error) {
-	n, err := c.Stream.Read(p)
+	n, err := c.muxStream.Read(p)
 	return n, c.why(err)
 }
 
@@ -61,7 +59,7 @@ func (c *streamConn) Read(p []byte) (int, error) {
 // splice then holds no buffer for an idle connection. (yamux's Read of an
 // empty slice waits for data and copies none.)
 func (c *streamConn) WaitRead() error {
-	_, err := c.Stream.Read(nil)
+	_, err := c.muxStream.Read(nil)
 	return c.why(err)
 }
 
@@ -74,7 +72,7 @@ func (c *streamConn) Write(p []byte) (int, error) {
 	if !d.IsZero() && !time.Now().Before(d) {
 		return 0, c.why(os.ErrDeadlineExceeded)
 	}
-	n, err := c.Stream.Write(p)
+	n, err := c.muxStream.Write(p)
 	return n, c.why(err)
 }
 
@@ -115,7 +113,7 @@ func (c *streamConn) CloseWrite() error {
 	}
 	c.wroteFIN = true
 	c.mu.Unlock()
-	return c.why(c.Stream.Close())
+	return c.why(c.muxStream.Close())
 }
 
 // SetLinger(0) makes the next Close a cut, as it makes a TCP Close a
@@ -145,9 +143,9 @@ func (c *streamConn) Close() error {
 		c.cutTimer = time.AfterFunc(cutAnswerTimeout, c.endCut)
 	}
 	c.mu.Unlock()
-	_ = c.Stream.SetDeadline(time.Unix(1, 0)) // wake a blocked Read or Write
+	_ = c.muxStream.SetDeadline(time.Unix(1, 0)) // wake a blocked Read or Write
 	if fin {
-		_ = c.Stream.Close()
+		_ = c.muxStream.Close()
 	}
 	switch {
 	case cut:
@@ -172,7 +170,7 @@ func (c *streamConn) endCut() {
 	c.wroteFIN = true
 	c.cutTimer.Stop()
 	c.mu.Unlock()
-	_ = c.Stream.Close()
+	_ = c.muxStream.Close()
 	c.sess.forget(c)
 }
 
@@ -195,9 +193,9 @@ func (c *streamConn) peerAborted(cut bool) {
 	fin := !c.wroteFIN
 	c.wroteFIN = true
 	c.mu.Unlock()
-	_ = c.Stream.SetDeadline(time.Unix(1, 0))
+	_ = c.muxStream.SetDeadline(time.Unix(1, 0))
 	if fin {
-		_ = c.Stream.Close()
+		_ = c.muxStream.Close()
 	}
 	if cut {
 		c.sess.sendAbort(c.StreamID(), false) // the answer the cutter waits for
@@ -218,7 +216,7 @@ func (c *streamConn) SetReadDeadline(t time.Time) error {
 	if c.closed || c.abortedPeer {
 		return nil
 	}
-	return c.Stream.SetReadDeadline(t)
+	return c.muxStream.SetReadDeadline(t)
 }
 
 // SetWriteDeadline bounds writes, also those that need no wait.
@@ -229,5 +227,5 @@ func (c *streamConn) SetWriteDeadline(t time.Time) error {
 	if c.closed || c.abortedPeer {
 		return nil
 	}
-	return c.Stream.SetWriteDeadline(t)
+	return c.muxStream.SetWriteDeadline(t)
 }

@@ -9,8 +9,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/hashicorp/yamux"
-
 	"isthmus.dev/tunnel/limits"
 	"isthmus.dev/tunnel/link"
 )
@@ -55,7 +53,7 @@ func Accept(ctx context.Context, conn net.Conn, o ServerOptions) (*ServerLink, e
 	// 32) while allowing 256 dials in flight before the agent's accept
 	// loop acknowledges them (it does at once: a round trip).
 	yc.AcceptBacklog = serverAcceptBacklog
-	ys, err := yamux.Server(newFrameWriter(conn), yc)
+	ys, err := newMux(newFrameWriter(conn), false, yc)
 	if err != nil {
 		conn.Close()
 		return nil, err
@@ -114,7 +112,7 @@ func expired(hctx context.Context, err error) error {
 
 // refuse tells the agent why it is refused, and lets it hang up first so
 // the reason arrives (closing the session at once may drop it).
-func refuse(ys *yamux.Session, ctrl net.Conn, reason string) {
+func refuse(ys muxSession, ctrl net.Conn, reason string) {
 	if werr := writeCtl(ctrl, ctl{T: msgRefuse, Error: limits.ClipTo(reason, 1024)}); werr == nil {
 		_ = ctrl.Close()
 		select {

@@ -10,15 +10,13 @@ import (
 	"sync"
 	"time"
 
-	"github.com/hashicorp/yamux"
-
 	"isthmus.dev/tunnel/link"
 )
 
 // session is what both ends share: the yamux session, the control stream,
 // and the live connections by stream id.
 type session struct {
-	ys     *yamux.Session
+	ys     muxSession
 	ctrl   net.Conn
 	log    *slog.Logger
 	maxCtl int // bound of a control message received (Config.MaxControlMessage)
@@ -28,7 +26,7 @@ type session struct {
 	conns  map[uint32]*streamConn
 }
 
-func newSession(ys *yamux.Session, ctrl net.Conn, log *slog.Logger, cfg Config) *session {
+func newSession(ys muxSession, ctrl net.Conn, log *slog.Logger, cfg Config) *session {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
@@ -84,8 +82,8 @@ func (s *session) sendAbort(id uint32, cut bool) {
 	go func() { _ = s.writeCtl(m) }()
 }
 
-func (s *session) track(st *yamux.Stream) *streamConn {
-	c := &streamConn{Stream: st, sess: s}
+func (s *session) track(st muxStream) *streamConn {
+	c := &streamConn{muxStream: st, sess: s}
 	s.mu.Lock()
 	s.conns[st.StreamID()] = c
 	s.mu.Unlock()
