@@ -36,6 +36,7 @@ type agentTarget struct {
 	name string
 	impl harness.Impl
 	link string // agentload --link
+	mux  string // the native link's session layer at both ends, "" for yamux
 }
 
 // agentRow is what connecting n agents to one server cost it.
@@ -77,9 +78,10 @@ func BenchmarkAgents(b *testing.B) {
 	}
 	pki := harness.NewPKI(b)
 	targets := []agentTarget{
-		{"isthmus, native link", harness.Isthmus, "native"},
-		{"isthmus, ANP link", harness.Isthmus, "anp"},
-		{"upstream ANP", harness.Upstream, "anp"},
+		{"isthmus, native link", harness.Isthmus, "native", ""},
+		{"isthmus, native link, mux prototype", harness.Isthmus, "native", "isthmus"},
+		{"isthmus, ANP link", harness.Isthmus, "anp", ""},
+		{"upstream ANP", harness.Upstream, "anp", ""},
 	}
 	var rows []agentRow
 	for _, n := range counts {
@@ -108,6 +110,11 @@ func connectAgents(b *testing.B, bins harness.Binaries, pki *certs.Bundle, load 
 		adminPort = harness.FreePort(b)
 		extra = []string{"--enable-profiling", "--admin-port=" + strconv.Itoa(adminPort)}
 	}
+	loadMux := "yamux"
+	if tg.mux != "" {
+		extra = append(extra, "--native-mux="+tg.mux)
+		loadMux = tg.mux
+	}
 	s := harness.StartServer(b, bins, pki, harness.ServerOpts{Impl: tg.impl, Mode: harness.HTTPConnect, Transport: harness.UDS, Extra: extra})
 	defer s.Stop(30 * time.Second)
 	if _, _, err := ensureNofile(s.Pid(), uint64(n)+256); err != nil {
@@ -129,7 +136,7 @@ func connectAgents(b *testing.B, bins harness.Binaries, pki *certs.Bundle, load 
 	}
 
 	cmd := exec.Command(load, "--server=127.0.0.1:"+strconv.Itoa(s.AgentPort), "--server-name=127.0.0.1",
-		"--link="+tg.link, "--agents="+strconv.Itoa(n), "--id-prefix="+tg.link+"-",
+		"--link="+tg.link, "--native-mux="+loadMux, "--agents="+strconv.Itoa(n), "--id-prefix="+tg.link+"-",
 		"--ca-cert="+pki.CACert, "--agent-cert="+pki.AgentCert, "--agent-key="+pki.AgentKey)
 	stdin, err := cmd.StdinPipe()
 	if err != nil {
@@ -202,7 +209,7 @@ func connectAgents(b *testing.B, bins harness.Binaries, pki *certs.Bundle, load 
 		r.err = err
 	}
 	if adminPort != 0 {
-		file := filepath.Join(profileDir, fmt.Sprintf("%s-%d.heap", tg.link, n))
+		file := filepath.Join(profileDir, fmt.Sprintf("%s%s-%d.heap", tg.link, tg.mux, n))
 		if err := saveURL(fmt.Sprintf("http://127.0.0.1:%d/debug/pprof/heap", adminPort), file); err != nil {
 			b.Logf("heap profile of %s: %v", tg.name, err)
 		}

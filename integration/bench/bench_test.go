@@ -134,7 +134,8 @@ func BenchmarkTunnel(b *testing.B) {
 	for _, v := range []struct {
 		impl harness.Impl
 		link string // our agent's --link; "" for upstream
-	}{{harness.Isthmus, "native"}, {harness.Isthmus, "anp"}, {harness.Upstream, ""}} {
+		mux  string // the native link's session layer at both ends; "" for yamux
+	}{{harness.Isthmus, "native", ""}, {harness.Isthmus, "native", "isthmus"}, {harness.Isthmus, "anp", ""}, {harness.Upstream, "", ""}} {
 		for _, mode := range []string{harness.HTTPConnect, harness.GRPC} {
 			// BENCH_PROFILE_DIR: the daemons serve /debug/pprof on their
 			// admin ports, for CPU profiles of round 1 (see profiler).
@@ -146,12 +147,19 @@ func BenchmarkTunnel(b *testing.B) {
 				aExtra = []string{"--enable-profiling", "--admin-server-port=" + strconv.Itoa(ap)}
 				pprof = []string{fmt.Sprintf("http://127.0.0.1:%d/debug/pprof", sp), fmt.Sprintf("http://127.0.0.1:%d/debug/pprof", ap)}
 			}
+			if v.mux != "" {
+				sExtra = append(sExtra, "--native-mux="+v.mux)
+			}
 			s := harness.StartServer(b, bins, pki, harness.ServerOpts{Impl: v.impl, Mode: mode, Transport: harness.UDS, Extra: sExtra})
 			ao := harness.AgentOpts{Impl: v.impl, Extra: aExtra}
 			name := fmt.Sprintf("%s, %s", v.impl, mode)
 			if v.link != "" {
 				ao.Extra = append(ao.Extra, "--link="+v.link)
 				name = fmt.Sprintf("%s %s link, %s", v.impl, v.link, mode)
+			}
+			if v.mux != "" {
+				ao.Extra = append(ao.Extra, "--native-mux="+v.mux)
+				name = fmt.Sprintf("%s %s link (mux prototype), %s", v.impl, v.link, mode)
 			}
 			a := harness.StartAgent(b, bins, s, ao)
 			s.WaitReady(b)

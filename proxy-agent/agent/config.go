@@ -57,6 +57,9 @@ type Config struct {
 	StallTimeout time.Duration
 	// StreamWindow: native link, receive window per tunneled connection (default 4 MiB).
 	StreamWindow uint32
+	// NativeMux: native link, the session layer (native.MuxYamux, the
+	// default, or native.MuxIsthmus, the prototype).
+	NativeMux string
 	// MaxPendingDials bounds the dial requests from one server in flight
 	// (received, not yet answered) on either link (default 1024); more
 	// are refused at once, so that no server can make the agent hold
@@ -192,6 +195,9 @@ func (c *Config) validateTuning() []error {
 	}
 	if c.StreamWindow < 256<<10 || c.StreamWindow > 1<<30 {
 		bad("--stream-window %d: want 262144 (256 KiB) to 1073741824 (1 GiB)", c.StreamWindow)
+	}
+	if err := native.CheckMux(c.NativeMux); err != nil {
+		bad("--native-mux: %v", err)
 	}
 	if c.StallTimeout <= 0 {
 		bad("--conn-stall-timeout %v: want > 0", c.StallTimeout)

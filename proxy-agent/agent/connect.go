@@ -120,7 +120,7 @@ func (a *Agent) connectNative(ctx context.Context, target string, tc *tls.Config
 	h := native.Hello{AgentID: a.cfg.AgentID, Identifiers: a.cfg.AgentIdentifiers, Token: tok}
 	var serverID string // known once connected; OnBusy runs only after
 	l, w, err := native.Connect(ctx, conn, h, native.AgentOptions{
-		Config:       native.Config{StreamWindow: a.cfg.StreamWindow, MaxControlMessage: a.cfg.MaxControlMessageBytes},
+		Config:       native.Config{Mux: a.cfg.NativeMux, StreamWindow: a.cfg.StreamWindow, MaxControlMessage: a.cfg.MaxControlMessageBytes},
 		Log:          a.log,
 		PendingDials: a.cfg.MaxPendingDials,
 		OnBusy:       func() { a.busy(serverID, "native", "") },

@@ -40,6 +40,12 @@ func TestFlagsMapOntoConfig(t *testing.T) {
 		c.DialTimeout != 3*time.Second || c.Link != "anp" {
 		t.Fatalf("config %+v", c)
 	}
+	if c.NativeMux != "yamux" {
+		t.Errorf("--native-mux defaults to %q, want yamux", c.NativeMux)
+	}
+	if o, err := Parse([]string{"--native-mux=isthmus"}, io.Discard); err != nil || o.Config.NativeMux != "isthmus" {
+		t.Errorf("--native-mux=isthmus: %v", err)
+	}
 	if o, err := Parse([]string{"--max-pending-dials-per-server=7", "--max-control-message-bytes=8192"}, io.Discard); err != nil ||
 		o.Config.MaxPendingDials != 7 || o.Config.MaxControlMessageBytes != 8192 {
 		t.Fatalf("bounds flags: %v", err)
@@ -55,6 +61,7 @@ func TestRefusalsNameTheFlag(t *testing.T) {
 		want string
 	}{
 		{[]string{"--xfr-channel-size=0"}, "--xfr-channel-size"},
+		{[]string{"--native-mux=quic"}, "--native-mux"},
 		{[]string{"--enable-contention-profiling"}, "--enable-profiling"},
 		{[]string{"--allowed-destinations=10.0.0.0/8:ssh"}, "--allowed-destinations"},
 		{[]string{"--count-server-leases", "--proxy-server-host=a,b"}, "--count-server-leases"},

@@ -180,6 +180,7 @@ func TestRefusals(t *testing.T) {
 		{"strategies", with(certAuth, "--proxy-strategies=destHost,nope"), `--proxy-strategies: unknown proxy strategy "nope"`},
 		{"mode", with(certAuth, "--mode=socks"), `--mode "socks"`},
 		{"negative dial timeout", with(certAuth, "--backend-dial-timeout=-1s"), "--backend-dial-timeout -1s"},
+		{"native mux", with(certAuth, "--native-mux=quic"), `--native-mux: native link session layer "quic"`},
 		{"unknown flag", with(certAuth, "--count-server-leases"), "unknown flag: --count-server-leases"},
 		{"positional", with(certAuth, "extra"), "unexpected arguments"},
 		{"not a bool", with(certAuth, "--enable-lease-controller=maybe"), "--enable-lease-controller"},
@@ -226,6 +227,23 @@ func TestLeaseFlags(t *testing.T) {
 	if !cfg.EnableLeaseController || cfg.LeaseNamespace != "konnectivity" || cfg.LeaseLabel != "app=k,tier=cp" ||
 		cfg.LeaseDuration != 20*time.Second || cfg.LeaseRenewalInterval != 5*time.Second || cfg.LeaseGCInterval != 7*time.Second {
 		t.Errorf("lease config %+v", cfg)
+	}
+}
+
+// TestNativeMux: the session layer of the native link is yamux unless
+// --native-mux picks the prototype.
+func TestNativeMux(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{certAuth, "yamux"},
+		{with(certAuth, "--native-mux=isthmus"), "isthmus"},
+	} {
+		c, err := parse(t, tc.args...)
+		if err != nil || c.Config.NativeMux != tc.want {
+			t.Errorf("%q: %v, NativeMux %q; want %q", tc.args, err, c.Config.NativeMux, tc.want)
+		}
 	}
 }
 

@@ -70,6 +70,7 @@ func (c *Command) addTuningFlags() {
 	fs.StringVar(&cfg.TLSMinVersion, "tls-min-version", cfg.TLSMinVersion, "minimum TLS version of the agent port and the TCP frontend: VersionTLS12 (empty: the default) or VersionTLS13; below 1.2 is refused")
 	fs.StringSliceVar(&cfg.CipherSuites, "cipher-suites", cfg.CipherSuites, "TLS 1.2 cipher suites by Go name, comma-separated (empty: Go's secure defaults; no effect on TLS 1.3)")
 	fs.IntVar(&cfg.QueueBytes, "conn-queue-bytes", cfg.QueueBytes, "per-connection receive queue on ANP agent links (the ANP wire has no flow control): a client slower than its backend throttles the link once its queue is full")
+	fs.StringVar(&cfg.NativeMux, "native-mux", "yamux", "native link: the session layer at this end, yamux (hashicorp/yamux, the default) or isthmus (a prototype speaking the same frames with fewer goroutine hand-offs: cheaper small messages; either end may run either)")
 	fs.Uint32Var(&cfg.StreamWindow, "stream-window", cfg.StreamWindow, "native link: how many bytes one tunneled connection may have in flight toward this server (its receive window); the 4 MiB default fills a 1 Gbit/s link at 20 ms round trip")
 	fs.DurationVar(&cfg.StallTimeout, "conn-stall-timeout", cfg.StallTimeout, "a connection whose queue is full and whose client takes nothing for this long is closed alone, so that it cannot stall the agent's other connections longer")
 	fs.IntVar(&c.xfrChannel, "xfr-channel-size", 10, "accepted for ANP compatibility (must be > 0); isthmus bounds queues in bytes instead (--conn-queue-bytes)")

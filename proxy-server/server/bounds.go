@@ -86,8 +86,8 @@ func (b *Bounds) validate() []error {
 }
 
 // nativeConfig is the native link's configuration under b.
-func (b *Bounds) nativeConfig(window uint32) native.Config {
-	return native.Config{StreamWindow: window, HandshakeTimeout: b.AgentHandshakeTimeout, MaxControlMessage: b.MaxControlMessageBytes}
+func (b *Bounds) nativeConfig(window uint32, mux string) native.Config {
+	return native.Config{Mux: mux, StreamWindow: window, HandshakeTimeout: b.AgentHandshakeTimeout, MaxControlMessage: b.MaxControlMessageBytes}
 }
 
 // limitRegistry bounds the dials waiting for each agent and counts the

@@ -99,6 +99,7 @@ type Config struct {
 	QueueBytes              int           // per-connection receive queue on ANP links (default 16 MiB)
 	StallTimeout            time.Duration // a full queue whose reader takes nothing this long is closed (default 50 ms)
 	StreamWindow            uint32        // native link: receive window per tunneled connection (default 4 MiB)
+	NativeMux               string        // native link: session layer, native.MuxYamux (default) or native.MuxIsthmus (prototype)
 	TLSMinVersion           string        // VersionTLS12 (default) or VersionTLS13
 	CipherSuites            []string      // TLS 1.2 cipher suites by Go name; empty = Go's defaults
 
@@ -303,6 +304,9 @@ func (c *Config) validateTuning() []error {
 	}
 	if c.StreamWindow < 256<<10 || c.StreamWindow > 1<<30 {
 		bad("--stream-window %d: want 262144 (256 KiB) to 1073741824 (1 GiB)", c.StreamWindow)
+	}
+	if err := native.CheckMux(c.NativeMux); err != nil {
+		bad("--native-mux: %v", err)
 	}
 	if c.StallTimeout <= 0 {
 		bad("--conn-stall-timeout %v: want > 0", c.StallTimeout)

@@ -85,7 +85,7 @@ func (s *Server) build() (*parts, error) {
 	}
 	agentsSrv.Register(p.agentGRPC)
 	p.port = &agents.Port{TLS: agentTLS, GRPC: p.agentGRPC, Agents: agentsSrv, Log: alog,
-		Native: c.Bounds.nativeConfig(c.StreamWindow), HandshakeTimeout: c.AgentHandshakeTimeout, Limits: s.limits}
+		Native: c.Bounds.nativeConfig(c.StreamWindow, c.NativeMux), HandshakeTimeout: c.AgentHandshakeTimeout, Limits: s.limits}
 
 	flog := s.log.With("component", "frontend")
 	dialer := pendingDialer{s.registry, s.metrics.pendingDials}

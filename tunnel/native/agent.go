@@ -52,8 +52,7 @@ type AgentLink struct {
 // that negotiated ALPN). It owns conn from the call on.
 func Connect(ctx context.Context, conn net.Conn, h Hello, o AgentOptions) (*AgentLink, Welcome, error) {
 	var w Welcome
-	fw := newFrameWriter(conn)
-	ys, err := newMux(fw, true, o.Config.yamux())
+	ys, cause, err := newMux(conn, true, o.Config, 0)
 	if err != nil {
 		conn.Close()
 		return nil, w, err
@@ -73,7 +72,7 @@ func Connect(ctx context.Context, conn net.Conn, h Hello, o AgentOptions) (*Agen
 	switch {
 	case err != nil:
 		ys.Close()
-		if cause := fw.cause(); cause != nil && !errors.Is(cause, io.EOF) {
+		if cause := cause(); cause != nil && !errors.Is(cause, io.EOF) {
 			err = cause // e.g. the server's TLS alert: its verdict on our certificate
 		} else if hctx.Err() != nil {
 			err = hctx.Err()

@@ -12,21 +12,35 @@ import (
 )
 
 // The link conformance suite over the native link: TLS on loopback, with
-// records batched as the agent does.
+// records batched as the agent does; with yamux at both ends (the
+// default), package mux at both ends, and one of each either way round
+// (the wire is the same).
 func TestConformance(t *testing.T) {
-	linktest.Run(t, linktest.Link{
-		Name: "native",
-		Caps: linktest.Caps{HalfClose: true, FlowControl: true, CutToAgent: true},
-		New: func(t testing.TB, _ linktest.Options) *linktest.Pair {
-			e := connect(t, opts, AgentOptions{}, nil)
-			return &linktest.Pair{
-				Server: e.server, Agent: e.agent,
-				ServerActive: e.server.Active, AgentActive: e.agent.Active,
-				ServerDone: e.server.Done(),
-				Cut:        e.cut, Close: e.close,
-			}
-		},
-	})
+	for _, v := range []struct{ name, server, agent string }{
+		{"native", MuxYamux, MuxYamux},
+		{"native-mux", MuxIsthmus, MuxIsthmus},
+		{"native-mux-server-yamux-agent", MuxIsthmus, MuxYamux},
+		{"native-yamux-server-mux-agent", MuxYamux, MuxIsthmus},
+	} {
+		so := opts
+		so.Config.Mux = v.server
+		ao := AgentOptions{Config: Config{Mux: v.agent}}
+		t.Run(v.name, func(t *testing.T) {
+			linktest.Run(t, linktest.Link{
+				Name: v.name,
+				Caps: linktest.Caps{HalfClose: true, FlowControl: true, CutToAgent: true},
+				New: func(t testing.TB, _ linktest.Options) *linktest.Pair {
+					e := connect(t, so, ao, nil)
+					return &linktest.Pair{
+						Server: e.server, Agent: e.agent,
+						ServerActive: e.server.Active, AgentActive: e.agent.Active,
+						ServerDone: e.server.Done(),
+						Cut:        e.cut, Close: e.close,
+					}
+				},
+			})
+		})
+	}
 }
 
 // ends are a connected server link and agent link, both running.

@@ -45,15 +45,13 @@ const serverAcceptBacklog = 256
 // Accept runs the server side of the handshake on conn (a TLS connection
 // that negotiated ALPN). It owns conn from the call on.
 func Accept(ctx context.Context, conn net.Conn, o ServerOptions) (*ServerLink, error) {
-	yc := o.Config.yamux()
 	// The server accepts one stream, the control stream, but yamux sizes
 	// both its accept queue and its bound on opened streams the agent has
 	// not acknowledged yet by AcceptBacklog, and allocates the queue with
 	// every session: 256 keeps an idle agent's session small (2 KiB, not
 	// 32) while allowing 256 dials in flight before the agent's accept
 	// loop acknowledges them (it does at once: a round trip).
-	yc.AcceptBacklog = serverAcceptBacklog
-	ys, err := newMux(newFrameWriter(conn), false, yc)
+	ys, _, err := newMux(conn, false, o.Config, serverAcceptBacklog)
 	if err != nil {
 		conn.Close()
 		return nil, err

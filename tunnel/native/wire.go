@@ -213,8 +213,13 @@ func readAnswer(r io.Reader) (code byte, msg string, err error) {
 	return hdr[0], string(m), nil
 }
 
-// Config tunes the yamux session. Zero values take the defaults.
+// Config tunes the link's session. Zero values take the defaults.
 type Config struct {
+	// Mux is the implementation of the session layer at this end:
+	// MuxYamux (hashicorp/yamux, the default) or MuxIsthmus (package mux,
+	// a prototype that speaks the same frames with fewer goroutine
+	// hand-offs). Either end may use either: the wire is the same.
+	Mux string
 	// StreamWindow is the largest receive window of one tunneled connection:
 	// what it may have in flight. Default 4 MiB, which fills a 1 Gbit/s link
 	// at 20 ms round trip (bandwidth x delay = 2.5 MB).
@@ -230,6 +235,21 @@ type Config struct {
 	// (default MaxControlFrame); a larger one ends the session with
 	// ErrControlTooLarge.
 	MaxControlMessage int
+}
+
+// Config.Mux values.
+const (
+	MuxYamux   = "yamux"
+	MuxIsthmus = "isthmus"
+)
+
+// CheckMux says what is wrong with a Config.Mux value, or nil.
+func CheckMux(m string) error {
+	switch m {
+	case "", MuxYamux, MuxIsthmus:
+		return nil
+	}
+	return fmt.Errorf("native link session layer %q: want %q (the default) or %q (the prototype)", m, MuxYamux, MuxIsthmus)
 }
 
 // DefaultStreamWindow: see Config.StreamWindow.

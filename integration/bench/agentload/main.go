@@ -52,6 +52,7 @@ type options struct {
 	server      string
 	serverName  string
 	link        string
+	mux         string
 	agents      int
 	concurrency int
 	idPrefix    string
@@ -65,6 +66,7 @@ func main() {
 	flag.StringVar(&o.server, "server", "", "proxy-server's agent port, HOST:PORT")
 	flag.StringVar(&o.serverName, "server-name", "", "name to verify the server's certificate against (default: the host of --server)")
 	flag.StringVar(&o.link, "link", "native", "native or anp")
+	flag.StringVar(&o.mux, "native-mux", "yamux", "native link: the agents' session layer, yamux or isthmus (the prototype)")
 	flag.IntVar(&o.agents, "agents", 1000, "agents to connect")
 	flag.IntVar(&o.concurrency, "concurrency", 32, "agents connecting at once")
 	flag.StringVar(&o.idPrefix, "id-prefix", "load-", "agent IDs are this prefix and a number")
@@ -85,6 +87,9 @@ func run(o options) error {
 	}
 	if o.link != "native" && o.link != "anp" {
 		return fmt.Errorf("--link=%q: want native or anp", o.link)
+	}
+	if err := native.CheckMux(o.mux); err != nil {
+		return fmt.Errorf("--native-mux: %w", err)
 	}
 	if err := raiseNofile(uint64(o.agents) + 256); err != nil {
 		return err
@@ -176,7 +181,7 @@ func connectNative(ctx, dctx context.Context, o options, tc *tls.Config, id stri
 		conn.Close()
 		return nil, fmt.Errorf("the server does not offer the native link (ALPN %q): run with --link=anp, or against an isthmus proxy-server", p)
 	}
-	l, _, err := native.Connect(dctx, conn, native.Hello{AgentID: id}, native.AgentOptions{})
+	l, _, err := native.Connect(dctx, conn, native.Hello{AgentID: id}, native.AgentOptions{Config: native.Config{Mux: o.mux}})
 	if err != nil {
 		return nil, err
 	}

@@ -1,0 +1,463 @@
+package mux
+
+import (
+	"fmt"
+	"io"
+	"net"
+	"sync"
+	"time"
+)
+
+type streamState int
+
+// A stream's states, as yamux's.
+const (
+	stateInit streamState = iota
+	stateSYNSent
+	stateSYNReceived
+	stateEstablished
+	stateLocalClose  // we sent FIN
+	stateRemoteClose // the peer sent FIN
+	stateClosed      // both sent FIN, or the session closed
+	stateReset
+)
+
+// Stream is a bidirectional stream of a Session.
+type Stream struct {
+	s  *Session
+	id uint32
+
+	// sendMu: one Write at a time, so that the frames of two Writes do
+	// not interleave.
+	sendMu sync.Mutex
+
+	mu         sync.Mutex
+	state      streamState
+	inflight   bool   // opened here, not yet acknowledged: holds a synCh slot
+	sendWindow uint32 // bytes we may send
+	recvWindow uint32 // bytes the peer may send
+	rbuf       *buffer
+	roff       int // unread bytes are rbuf.b[roff:]
+	filling    int // bytes being read from the connection into rbuf, past len(rbuf.b)
+	rdl, wdl   time.Time
+	rtimer     *time.Timer
+	wtimer     *time.Timer
+	readCh     chan struct{} // notified on data, state change, read deadline
+	sendCh     chan struct{} // notified on window update, state change, write deadline
+}
+
+func newStream(s *Session, id uint32, state streamState) *Stream {
+	return &Stream{
+		s:          s,
+		id:         id,
+		state:      state,
+		sendWindow: initialStreamWindow,
+		recvWindow: initialStreamWindow,
+		readCh:     make(chan struct{}, 1),
+		sendCh:     make(chan struct{}, 1),
+	}
+}
+
+// StreamID returns the stream's id.
+func (st *Stream) StreamID() uint32 { return st.id }
+
+// Read reads what the peer sent. With no data it waits for data, the
+// peer's FIN (then io.EOF), a reset (ErrConnectionReset), the end of the
+// session (io.EOF, as yamux) or the read deadline (ErrTimeout). Read of an
+// empty p waits likewise and copies nothing. Having consumed data it sends
+// a window update by yamux's rule: once the peer's credit fell by half the
+// maximum window.
+func (st *Stream) Read(p []byte) (int, error) {
+	st.mu.Lock()
+	for {
+		if st.state == stateReset {
+			st.release()
+			st.mu.Unlock()
+			return 0, ErrConnectionReset
+		}
+		if st.buffered() > 0 {
+			n := copy(p, st.rbuf.b[st.roff:])
+			st.roff += n
+			if st.buffered() == 0 {
+				st.release()
+			}
+			// A failure to send the update fails the session: the data
+			// read is good, and the next call reports the end.
+			flush, _ := st.updateWindow()
+			more := st.buffered() > 0
+			st.mu.Unlock()
+			if more {
+				notify(st.readCh) // for another reader
+			}
+			if flush {
+				_ = st.s.flush()
+			}
+			return n, nil
+		}
+		if st.state == stateRemoteClose || st.state == stateClosed || st.s.IsClosed() {
+			st.mu.Unlock()
+			return 0, io.EOF
+		}
+		if !st.rdl.IsZero() && !time.Now().Before(st.rdl) {
+			st.mu.Unlock()
+			return 0, ErrTimeout
+		}
+		st.mu.Unlock()
+		select {
+		case <-st.readCh:
+		case <-st.s.shutdownCh:
+		}
+		st.mu.Lock()
+	}
+}
+
+// buffered is the number of unread bytes; st.mu is held.
+func (st *Stream) buffered() int {
+	if st.rbuf == nil {
+		return 0
+	}
+	return len(st.rbuf.b) - st.roff
+}
+
+// release gives the receive buffer back once it holds nothing unread (and
+// the receive goroutine is not filling it); st.mu is held.
+func (st *Stream) release() {
+	if st.rbuf != nil && st.filling == 0 {
+		putBuffer(st.rbuf)
+		st.rbuf, st.roff = nil, 0
+	}
+}
+
+// updateWindow pushes a window update if yamux would send one: when the
+// credit to restore reaches half the maximum window, or flags (SYN, ACK)
+// are due. st.mu is held; see Session.push for flush.
+func (st *Stream) updateWindow() (flush bool, err error) {
+	max := st.s.cfg.MaxStreamWindowSize
+	held := uint32(st.buffered() + st.filling)
+	delta := (max - held) - st.recvWindow
+	flags := st.sendFlags()
+	if delta < max/2 && flags == 0 {
+		return false, nil
+	}
+	st.recvWindow += delta
+	return st.s.push(typeWindowUpdate, flags, st.id, delta, nil, modeControl)
+}
+
+// sendFlags returns the SYN or ACK the next frame carries, and moves the
+// state on; st.mu is held.
+func (st *Stream) sendFlags() uint16 {
+	switch st.state {
+	case stateInit:
+		st.state = stateSYNSent
+		return flagSYN
+	case stateSYNReceived:
+		st.state = stateEstablished
+		return flagACK
+	}
+	return 0
+}
+
+// Write writes p, in frames of at most the send window; it waits while
+// the window is empty. It returns once the frames are in the session's
+// buffer (or written, if this goroutine became the writer).
+func (st *Stream) Write(p []byte) (int, error) {
+	st.sendMu.Lock()
+	defer st.sendMu.Unlock()
+	total := 0
+	for total < len(p) {
+		n, flush, err := st.writeFrame(p[total:])
+		total += n
+		if err == nil && flush {
+			err = st.s.flush()
+		}
+		if err != nil {
+			return total, err
+		}
+	}
+	return total, nil
+}
+
+// writeFrame pushes one data frame of p's first bytes, waiting for window
+// or for room in the session's buffer.
+func (st *Stream) writeFrame(p []byte) (n int, flush bool, err error) {
+	st.mu.Lock()
+	for {
+		switch {
+		case st.s.IsClosed():
+			err = ErrSessionShutdown
+		case st.state == stateLocalClose || st.state == stateClosed:
+			err = ErrStreamClosed
+		case st.state == stateReset:
+			err = ErrConnectionReset
+		case !st.wdl.IsZero() && !time.Now().Before(st.wdl):
+			err = ErrTimeout
+		}
+		if err != nil {
+			st.mu.Unlock()
+			return 0, false, err
+		}
+		if st.sendWindow == 0 {
+			st.mu.Unlock()
+			select {
+			case <-st.sendCh:
+			case <-st.s.shutdownCh:
+			}
+			st.mu.Lock()
+			continue
+		}
+		n = min(len(p), int(st.sendWindow), maxFrameBody)
+		flush, err = st.s.push(typeData, 0, st.id, uint32(n), p[:n], modeData)
+		if err == errFull {
+			st.mu.Unlock()
+			if err = st.s.waitRoom(); err != nil {
+				return 0, false, err
+			}
+			st.mu.Lock()
+			continue
+		}
+		if err == nil {
+			st.sendWindow -= uint32(n)
+		} else {
+			n = 0
+		}
+		st.mu.Unlock()
+		return n, flush, err
+	}
+}
+
+// Close half-closes the stream: it sends FIN (the peer reads EOF after
+// the data); reads go on until the peer's FIN. The stream is forgotten
+// once both sides sent FIN. Like yamux's, it returns nil even if the FIN
+// could not be sent (the session is then closed).
+func (st *Stream) Close() error {
+	st.mu.Lock()
+	forget := false
+	switch st.state {
+	case stateSYNSent, stateSYNReceived, stateEstablished:
+		st.state = stateLocalClose
+	case stateRemoteClose:
+		st.state = stateClosed
+		forget = true
+		st.releaseSYN()
+	default:
+		st.mu.Unlock()
+		return nil
+	}
+	flush, err := st.s.push(typeWindowUpdate, flagFIN, st.id, 0, nil, modeControl)
+	st.mu.Unlock()
+	st.wake()
+	if forget {
+		st.s.forget(st)
+	}
+	if err == nil && flush {
+		_ = st.s.flush()
+	}
+	return nil
+}
+
+// forceClose ends the stream when the session closes.
+func (st *Stream) forceClose() {
+	st.mu.Lock()
+	st.state = stateClosed
+	st.mu.Unlock()
+	st.wake()
+}
+
+// wake wakes the stream's reader and writer to look at its state.
+func (st *Stream) wake() {
+	notify(st.readCh)
+	notify(st.sendCh)
+}
+
+// releaseSYN frees the stream's slot among the unacknowledged opens;
+// st.mu is held.
+func (st *Stream) releaseSYN() {
+	if st.inflight {
+		st.inflight = false
+		<-st.s.synCh
+	}
+}
+
+// processFlags applies the flags of a frame received; st.mu is held. It
+// returns forget = true when the stream is done (both FINs, or RST).
+func (st *Stream) processFlags(flags uint16) (forget bool, err error) {
+	if flags&flagACK != 0 {
+		if st.state == stateSYNSent {
+			st.state = stateEstablished
+		}
+		st.releaseSYN()
+	}
+	if flags&flagFIN != 0 {
+		switch st.state {
+		case stateSYNSent, stateSYNReceived, stateEstablished:
+			st.state = stateRemoteClose
+		case stateLocalClose:
+			st.state = stateClosed
+			forget = true
+		default:
+			return false, fmt.Errorf("%w: FIN on stream %d in state %d", ErrUnexpectedFlag, st.id, st.state)
+		}
+	}
+	if flags&flagRST != 0 {
+		st.state = stateReset
+		forget = true
+	}
+	if forget {
+		st.releaseSYN()
+	}
+	return forget, nil
+}
+
+// windowUpdate handles a window update frame from the peer.
+func (st *Stream) windowUpdate(flags uint16, delta uint32) error {
+	st.mu.Lock()
+	forget, err := st.processFlags(flags)
+	st.sendWindow += delta
+	st.mu.Unlock()
+	notify(st.sendCh)
+	if flags&(flagFIN|flagRST) != 0 {
+		notify(st.readCh)
+	}
+	if forget {
+		st.s.forget(st)
+	}
+	return err
+}
+
+// receive reads a data frame's body from the connection into the
+// stream's buffer. The bytes are read without st.mu (a slow peer must not
+// block the stream's reader, its deadline or Close): the region past the
+// buffered bytes is reserved, and readers leave it alone while filling is
+// set. FIN and RST are applied after the data, which comes first.
+func (st *Stream) receive(flags uint16, length uint32) error {
+	st.mu.Lock()
+	if _, err := st.processFlags(flags &^ (flagFIN | flagRST)); err != nil {
+		st.mu.Unlock()
+		return err
+	}
+	if length > 0 {
+		if length > st.recvWindow {
+			st.mu.Unlock()
+			return fmt.Errorf("%w: stream %d got %d bytes with a window of %d", ErrRecvWindowExceeded, st.id, length, st.recvWindow)
+		}
+		st.recvWindow -= length
+		region := st.reserve(int(length))
+		st.filling = int(length)
+		st.mu.Unlock()
+		_, err := io.ReadFull(st.s.conn, region)
+		st.mu.Lock()
+		st.filling = 0
+		if err != nil {
+			st.mu.Unlock()
+			return err
+		}
+		st.rbuf.b = st.rbuf.b[:len(st.rbuf.b)+int(length)]
+	}
+	forget, err := st.processFlags(flags & (flagFIN | flagRST))
+	st.mu.Unlock()
+	notify(st.readCh)
+	if flags&(flagFIN|flagRST) != 0 {
+		notify(st.sendCh)
+	}
+	if forget {
+		st.s.forget(st)
+	}
+	return err
+}
+
+// reserve returns the n bytes past the buffered ones, growing or
+// compacting the buffer; st.mu is held. It compacts only when the bytes
+// to move are fewer than those already read, so a byte is moved at most
+// once on average.
+func (st *Stream) reserve(n int) []byte {
+	if st.rbuf == nil {
+		st.rbuf, st.roff = getBuffer(n), 0
+	}
+	b := st.rbuf.b
+	if cap(b)-len(b) < n {
+		unread := len(b) - st.roff
+		if cap(b)-unread >= n && unread <= st.roff {
+			st.rbuf.b = b[:copy(b, b[st.roff:])]
+		} else {
+			nb := getBuffer(unread + n)
+			nb.b = append(nb.b, b[st.roff:]...)
+			putBuffer(st.rbuf)
+			st.rbuf = nb
+		}
+		st.roff = 0
+		b = st.rbuf.b
+	}
+	return b[len(b) : len(b)+n]
+}
+
+// SetDeadline sets both deadlines.
+func (st *Stream) SetDeadline(t time.Time) error {
+	_ = st.SetReadDeadline(t)
+	return st.SetWriteDeadline(t)
+}
+
+// SetReadDeadline bounds blocked and future Reads that must wait (as in
+// yamux, buffered data is returned whatever the deadline). The zero time
+// removes the bound.
+func (st *Stream) SetReadDeadline(t time.Time) error {
+	st.mu.Lock()
+	st.rdl = t
+	st.rtimer = deadlineTimer(st.rtimer, t, st.readCh)
+	st.mu.Unlock()
+	notify(st.readCh)
+	return nil
+}
+
+// SetWriteDeadline bounds blocked and future Writes. Unlike yamux, which
+// looks at the deadline only while waiting for window, a Write after the
+// deadline fails at once (net.Conn's rule).
+func (st *Stream) SetWriteDeadline(t time.Time) error {
+	st.mu.Lock()
+	st.wdl = t
+	st.wtimer = deadlineTimer(st.wtimer, t, st.sendCh)
+	st.mu.Unlock()
+	notify(st.sendCh)
+	return nil
+}
+
+// deadlineTimer (re)arms tm to notify ch at t: the stream's waits then
+// need no timer of their own.
+func deadlineTimer(tm *time.Timer, t time.Time, ch chan struct{}) *time.Timer {
+	if tm != nil {
+		tm.Stop()
+	}
+	if t.IsZero() {
+		return tm
+	}
+	d := time.Until(t)
+	if tm == nil {
+		return time.AfterFunc(d, func() { notify(ch) })
+	}
+	tm.Reset(d)
+	return tm
+}
+
+// LocalAddr and RemoteAddr are the connection's if it has them (else
+// placeholders), as with yamux: a Stream is a net.Conn.
+func (st *Stream) LocalAddr() net.Addr { return st.addr(true) }
+
+// RemoteAddr: see LocalAddr.
+func (st *Stream) RemoteAddr() net.Addr { return st.addr(false) }
+
+func (st *Stream) addr(local bool) net.Addr {
+	if c, ok := st.s.conn.(interface {
+		LocalAddr() net.Addr
+		RemoteAddr() net.Addr
+	}); ok {
+		if local {
+			return c.LocalAddr()
+		}
+		return c.RemoteAddr()
+	}
+	return addr{}
+}
+
+type addr struct{}
+
+func (addr) Network() string { return "mux" }
+func (addr) String() string  { return "mux" }
