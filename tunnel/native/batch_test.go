@@ -141,8 +141,8 @@ func TestRawConnHoldsNoBufferIdle(t *testing.T) {
 	}
 }
 
-// The flusher ends once the queue is written, and drops a queue grown by a
-// burst: an idle link holds neither.
+// The flusher ends once the queue is written and gives its buffers back to
+// the pool: an idle link holds neither a goroutine nor a queue.
 func TestFrameWriterIdleHoldsNoFlusher(t *testing.T) {
 	c, s := tcpPair(t)
 	go func() { _, _ = io.Copy(io.Discard, s) }()
@@ -156,15 +156,72 @@ func TestFrameWriterIdleHoldsNoFlusher(t *testing.T) {
 	idle := func() bool {
 		fw.mu.Lock()
 		defer fw.mu.Unlock()
-		return !fw.flushing && len(fw.queue) == 0 && cap(fw.queue) <= keepQueue && cap(fw.spare) <= keepQueue
+		return !fw.flushing && fw.queue == nil && fw.spare == nil
 	}
 	for i := 0; !idle(); i++ {
 		if i == 1000 {
-			t.Fatal("the flusher still runs, or holds a large queue, 10 s after the last frame")
+			t.Fatal("the flusher still runs, or a queue buffer is held, 10 s after the last frame")
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
 	if err := fw.Close(); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// Against a peer that stopped reading, the queue stays within its pooled
+// buffer (appending never grows it), the writer waits rather than queue
+// more, and Close ends the wait and gives both buffers back: a stalled
+// link neither grows nor keeps a queue.
+func TestFrameWriterStalledPeerKeepsPooledQueue(t *testing.T) {
+	c, _ := tcpPair(t) // the peer never reads
+	fw := newFrameWriter(c)
+	f := make([]byte, yamuxHeaderSize+1000) // a data frame, header and body
+	f[1] = yamuxTypeData
+	binary.BigEndian.PutUint32(f[8:], 1000)
+	done := make(chan error, 1)
+	go func() {
+		for {
+			if _, err := fw.Write(f[:yamuxHeaderSize]); err != nil {
+				done <- err
+				return
+			}
+			if _, err := fw.Write(f[yamuxHeaderSize:]); err != nil {
+				done <- err
+				return
+			}
+		}
+	}()
+	full := func() bool {
+		fw.mu.Lock()
+		defer fw.mu.Unlock()
+		if fw.queue != nil && cap(fw.queue) != queueBufSize || fw.spare != nil && cap(fw.spare) != queueBufSize {
+			t.Errorf("queue buffers grew: cap %d and %d, want %d", cap(fw.queue), cap(fw.spare), queueBufSize)
+		}
+		return len(fw.queue) >= maxQueue
+	}
+	for i := 0; !full(); i++ {
+		if i == 1000 {
+			t.Fatal("the queue did not fill against a peer that does not read")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	select {
+	case err := <-done:
+		t.Fatalf("a write returned (%v) with the queue full", err)
+	case <-time.After(50 * time.Millisecond):
+	}
+	start := time.Now()
+	_ = fw.Close()
+	if d := time.Since(start); d > closeFlushTimeout+5*time.Second {
+		t.Fatalf("Close took %v against a stalled peer", d)
+	}
+	if err := <-done; err == nil {
+		t.Fatal("the waiting write succeeded after Close")
+	}
+	fw.mu.Lock()
+	defer fw.mu.Unlock()
+	if fw.flushing || fw.queue != nil || fw.spare != nil {
+		t.Fatalf("after Close: flushing %v, queue %d, spare %d bytes held", fw.flushing, cap(fw.queue), cap(fw.spare))
 	}
 }

@@ -132,7 +132,8 @@ func newBatchConn(c net.Conn) *batchConn {
 func (b *batchConn) Read(p []byte) (int, error) {
 	n, err := b.Conn.Read(p)
 	if err != nil {
-		b.readErr.CompareAndSwap(nil, &err)
+		cause := err // a copy: &err would put every Read's err on the heap
+		b.readErr.CompareAndSwap(nil, &cause)
 	}
 	return n, err
 }
