@@ -169,10 +169,12 @@ const (
 //     flusher ends when it finds the queue empty, and the next small frame
 //     starts another: an idle link holds no goroutine and no queue.
 //   - The queue's two buffers (one gathering while the other is written)
-//     come from a pool shared by every link and go back to it when the
+//     come from pools shared by every link and go back to them when the
 //     flusher ends: a busy link reuses them from burst to burst instead of
 //     growing new ones (at a thousand small frames a batch, that garbage
 //     was most of what the link allocated, and its GC a tenth of the CPU).
+//     A queue starts small (a handshake or a lone answer needs little) and
+//     moves to a full-size buffer when a burst outgrows it.
 //
 // Order is kept: a large frame waits until the queue is written.
 type frameWriter struct {
@@ -198,23 +200,49 @@ const (
 	directFrame = 16<<10 + yamuxHeaderSize + 1
 	// maxQueue bounds the queue; yamux's send loop waits beyond it.
 	maxQueue = 256 << 10
-	// queueBufSize is a pooled queue buffer's capacity: the most a queue
-	// holds (below maxQueue, plus one frame below directFrame), so that
-	// appending never grows it.
+	// queueBufSize is a full-size queue buffer's capacity: the most a
+	// queue holds (below maxQueue, plus one frame below directFrame), so
+	// that appending never grows it.
 	queueBufSize = maxQueue + directFrame
+	// smallQueueSize is a queue's first buffer.
+	smallQueueSize = 16 << 10
 )
 
-var queuePool = sync.Pool{New: func() any { b := make([]byte, 0, queueBufSize); return &b }}
+var (
+	smallQueuePool = sync.Pool{New: func() any { b := make([]byte, 0, smallQueueSize); return &b }}
+	queuePool      = sync.Pool{New: func() any { b := make([]byte, 0, queueBufSize); return &b }}
+)
 
-func getQueue() []byte { return *queuePool.Get().(*[]byte) }
-
-// putQueue gives a queue buffer back to the pool; b may be nil.
-func putQueue(b []byte) {
-	if cap(b) != queueBufSize {
-		return
+// getQueue returns an empty pooled buffer that holds n bytes (n is at most
+// queueBufSize).
+func getQueue(n int) []byte {
+	if n <= smallQueueSize {
+		return *smallQueuePool.Get().(*[]byte)
 	}
+	return *queuePool.Get().(*[]byte)
+}
+
+// putQueue gives a queue buffer back to its pool; b may be nil.
+func putQueue(b []byte) {
 	b = b[:0]
-	queuePool.Put(&b)
+	switch cap(b) {
+	case smallQueueSize:
+		smallQueuePool.Put(&b)
+	case queueBufSize:
+		queuePool.Put(&b)
+	}
+}
+
+// appendQueue appends a frame to the queue, moving it to a full-size
+// buffer when it does not fit: a pooled buffer never grows.
+func (f *frameWriter) appendQueue(hdr, p []byte) {
+	n := len(f.queue) + len(hdr) + len(p)
+	if f.queue == nil || n > cap(f.queue) {
+		q := append(getQueue(n), f.queue...)
+		putQueue(f.queue)
+		f.queue = q
+	}
+	f.queue = append(append(f.queue, hdr...), p...)
 }
 
 func newFrameWriter(c net.Conn) *frameWriter {
@@ -262,10 +290,7 @@ func (f *frameWriter) Write(p []byte) (int, error) {
 		if err := f.failed(); err != nil {
 			return 0, err
 		}
-		if f.queue == nil {
-			f.queue = getQueue()
-		}
-		f.queue = append(append(f.queue, hdr...), p...)
+		f.appendQueue(hdr, p)
 		if !f.flushing {
 			f.flushing = true
 			f.flushers.Add(1)
@@ -325,7 +350,7 @@ func (f *frameWriter) flush() {
 			return
 		}
 		if f.spare == nil {
-			f.spare = getQueue()
+			f.spare = getQueue(0)
 		}
 		batch := f.queue
 		f.queue, f.writing = f.spare[:0], true
