@@ -293,20 +293,9 @@ func client(args []string) error {
 	out := json.NewEncoder(os.Stdout)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Minute)
 	defer cancel()
-	var op operation
-	switch o.op {
-	case "up", "down", "echo":
-		op = &bulk{o: o}
-	case "dials":
-		op = &dials{o: o}
-	case "rr":
-		op = &roundTrips{o: o}
-	case "idle":
-		op = &idle{o: o}
-	case "hol":
-		op = &headOfLine{o: o}
-	default:
-		return fmt.Errorf("--op=%q: want up, down, echo, dials, rr, idle or hol", o.op)
+	op, err := newOperation(o)
+	if err != nil {
+		return err
 	}
 	ready, err := op.prepare(ctx, dial)
 	defer op.close()
@@ -357,6 +346,23 @@ func dialer(o clientOpts) (dialFunc, error) {
 		return func(ctx context.Context) (net.Conn, error) { return s.Dial(ctx, o.backend) }, nil
 	}
 	return nil, fmt.Errorf("--via=%q: want direct, unix, connect or grpc", o.via)
+}
+
+// newOperation is the measurement o.op names.
+func newOperation(o clientOpts) (operation, error) {
+	switch o.op {
+	case "up", "down", "echo":
+		return &bulk{o: o}, nil
+	case "dials":
+		return &dials{o: o}, nil
+	case "rr":
+		return &roundTrips{o: o}, nil
+	case "idle":
+		return &idle{o: o}, nil
+	case "hol":
+		return &headOfLine{o: o}, nil
+	}
+	return nil, fmt.Errorf("--op=%q: want up, down, echo, dials, rr, idle or hol", o.op)
 }
 
 // operation is one of the client's measurements.

@@ -58,18 +58,9 @@ func TestOperations(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			o := o
 			o.op = name
-			var op operation
-			switch name {
-			case "up", "down", "echo":
-				op = &bulk{o: o}
-			case "dials":
-				op = &dials{o: o}
-			case "rr":
-				op = &roundTrips{o: o}
-			case "idle":
-				op = &idle{o: o}
-			case "hol":
-				op = &headOfLine{o: o}
+			op, err := newOperation(o)
+			if err != nil {
+				t.Fatal(err)
 			}
 			ready, err := op.prepare(ctx, dial)
 			defer op.close()
@@ -133,5 +124,8 @@ func TestBadRequests(t *testing.T) {
 	}
 	if _, err := dialer(clientOpts{via: "carrier-pigeon", backend: addr}); err == nil {
 		t.Error("--via=carrier-pigeon: no error")
+	}
+	if _, err := newOperation(clientOpts{op: "teleport"}); err == nil {
+		t.Error("--op=teleport: no error")
 	}
 }
