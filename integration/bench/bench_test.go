@@ -35,12 +35,13 @@ type config struct {
 	idleConns int
 	holSecs   float64
 	pingSecs  float64 // one connection's round trips, one after another
+	holSetup  time.Duration
 }
 
 func benchConfig() config {
-	c := config{bytes: 256 << 20, rounds: 5, dials: 400, rrConns: 1000, rrSeconds: 5, idleConns: 1000, holSecs: 10, pingSecs: 2}
+	c := config{bytes: 256 << 20, rounds: 5, dials: 400, rrConns: 1000, rrSeconds: 5, idleConns: 1000, holSecs: 10, pingSecs: 2, holSetup: 20 * time.Second}
 	if os.Getenv("BENCH_QUICK") == "1" {
-		c = config{bytes: 32 << 20, rounds: 3, dials: 100, rrConns: 200, rrSeconds: 1, idleConns: 300, holSecs: 2, pingSecs: 0.5}
+		c = config{bytes: 32 << 20, rounds: 3, dials: 100, rrConns: 200, rrSeconds: 1, idleConns: 300, holSecs: 2, pingSecs: 0.5, holSetup: 5 * time.Second}
 	}
 	c.bytes = envInt("BENCH_BYTES", c.bytes)
 	c.rounds = envInt("BENCH_ROUNDS", c.rounds)
@@ -246,7 +247,7 @@ func BenchmarkTunnel(b *testing.B) {
 		if p.procs == nil || p.floor {
 			continue
 		}
-		res[i].hol = lg.headOfLine(p, cfg.holSecs)
+		res[i].hol = lg.headOfLine(p, cfg.holSecs, cfg.holSetup)
 	}
 	phase("head-of-line", t0)
 

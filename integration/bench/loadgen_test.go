@@ -244,10 +244,13 @@ func (c *clientRun) run(d time.Duration) (Result, error) {
 
 // finish closes the client's stdin (it closes its connections and exits)
 // and waits up to 2 minutes for it.
-func (c *clientRun) finish() {
+func (c *clientRun) finish() { c.finishWithin(2 * time.Minute) }
+
+// finishWithin is finish, killing the client after d.
+func (c *clientRun) finishWithin(d time.Duration) {
 	c.stdin.Close()
 	go func() { _, _ = io.Copy(io.Discard, c.out) }()
-	waitCmd(c.cmd, 2*time.Minute)
+	waitCmd(c.cmd, d)
 }
 
 // idleResult is the server+agent cost of idle tunneled connections.
@@ -459,13 +462,16 @@ type holResult struct {
 	err      string
 }
 
-func (lg *loadgenRunner) headOfLine(p *path, seconds float64) (h holResult) {
-	c, _, err := lg.start(p, "hol", "--seconds="+strconv.FormatFloat(seconds, 'f', -1, 64))
+func (lg *loadgenRunner) headOfLine(p *path, seconds float64, setup time.Duration) (h holResult) {
+	c, _, err := lg.start(p, "hol", "--seconds="+strconv.FormatFloat(seconds, 'f', -1, 64), "--setup-timeout="+setup.String())
 	if err != nil {
 		h.err = err.Error()
 		return h
 	}
-	defer c.finish()
+	// Closing A, full of the flood, waits for konnectivity-client's
+	// CLOSE_RSP behind what it never read (up to its 10 s CloseTimeout):
+	// the measurement is over, so the client is killed after 2 s.
+	defer c.finishWithin(2 * time.Second)
 	r, err := c.run(time.Duration(seconds)*time.Second + 2*time.Minute)
 	if err != nil {
 		h.err = err.Error()

@@ -264,6 +264,7 @@ type clientOpts struct {
 	count, conns            int
 	seconds                 float64
 	concurrency             int
+	setupTimeout            time.Duration
 }
 
 func client(args []string) error {
@@ -278,6 +279,7 @@ func client(args []string) error {
 	fs.IntVar(&o.conns, "conns", 1000, "connections (rr, idle)")
 	fs.Float64Var(&o.seconds, "seconds", 5, "how long the round trips run (rr, hol)")
 	fs.IntVar(&o.concurrency, "concurrency", 50, "dials in flight when opening many connections")
+	fs.DurationVar(&o.setupTimeout, "setup-timeout", 20*time.Second, "hol: how long A's flood and B's dial may take; a B that cannot dial for this long is stuck behind A")
 	_ = fs.Parse(args)
 	if o.backend == "" || o.op == "" {
 		return errors.New("--backend and --op are required")
@@ -659,9 +661,9 @@ type headOfLine struct {
 }
 
 func (h *headOfLine) prepare(ctx context.Context, dial dialFunc) (Ready, error) {
-	// 20 s to set up: a B that cannot even dial for that long is stuck
-	// behind A (upstream's HTTP CONNECT frontend is, at times).
-	ctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+	// A B that cannot even dial within --setup-timeout is stuck behind A
+	// (upstream's HTTP CONNECT frontend is, at times).
+	ctx, cancel := context.WithTimeout(ctx, h.o.setupTimeout)
 	defer cancel()
 	a, err := dial(ctx)
 	if err != nil {

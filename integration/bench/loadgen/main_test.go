@@ -47,7 +47,7 @@ func startServe(t *testing.T) string {
 // and checks what each reports.
 func TestOperations(t *testing.T) {
 	addr := startServe(t)
-	o := clientOpts{via: "direct", backend: addr, bytes: 4 << 20, count: 20, conns: 20, seconds: 0.3, concurrency: 5}
+	o := clientOpts{via: "direct", backend: addr, bytes: 4 << 20, count: 20, conns: 20, seconds: 0.3, concurrency: 5, setupTimeout: 20 * time.Second}
 	dial, err := dialer(o)
 	if err != nil {
 		t.Fatal(err)
