@@ -2,13 +2,11 @@ package native
 
 import (
 	"bufio"
-	"crypto/tls"
 	"encoding/binary"
 	"io"
 	"net"
 	"os"
 	"sync"
-	"sync/atomic"
 	"syscall"
 	"time"
 )
@@ -178,10 +176,8 @@ const (
 //
 // Order is kept: a large frame waits until the queue is written.
 type frameWriter struct {
-	net.Conn // the *tls.Conn; reads and everything else pass through
-	raw      *RawConn
-	readErr  atomic.Pointer[error] // the error that ended reading, if any
-	held     []byte                // a data frame header waiting for its body
+	linkConn        // the *tls.Conn; reads and everything else pass through
+	held     []byte // a data frame header waiting for its body
 	buf      []byte
 
 	mu       sync.Mutex
@@ -246,32 +242,10 @@ func (f *frameWriter) appendQueue(hdr, p []byte) {
 }
 
 func newFrameWriter(c net.Conn) *frameWriter {
-	fw := &frameWriter{Conn: c, held: make([]byte, 0, yamuxHeaderSize)}
+	fw := &frameWriter{held: make([]byte, 0, yamuxHeaderSize)}
+	fw.init(c)
 	fw.cond.L = &fw.mu
-	if tc, ok := c.(*tls.Conn); ok {
-		fw.raw, _ = tc.NetConn().(*RawConn)
-	}
 	return fw
-}
-
-// Read passes through, keeping the error that ended reading: yamux ends
-// the session on it and reports only that the session ended, while the
-// cause (a TLS alert from the peer, say) is what a log must show.
-func (f *frameWriter) Read(p []byte) (int, error) {
-	n, err := f.Conn.Read(p)
-	if err != nil {
-		cause := err // a copy: &err would put every Read's err on the heap
-		f.readErr.CompareAndSwap(nil, &cause)
-	}
-	return n, err
-}
-
-// cause is the error that ended reading, or nil.
-func (f *frameWriter) cause() error {
-	if e := f.readErr.Load(); e != nil {
-		return *e
-	}
-	return nil
 }
 
 func (f *frameWriter) Write(p []byte) (int, error) {

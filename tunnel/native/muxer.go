@@ -33,43 +33,26 @@ type muxStream interface {
 	StreamID() uint32
 }
 
+// asStream returns a library's stream as a muxStream: no stream (a nil
+// interface, not a nil pointer in one) when there is an error.
+func asStream[S muxStream](st S, err error) (muxStream, error) {
+	if err != nil {
+		return nil, err
+	}
+	return st, nil
+}
+
 // yamuxSession adapts *yamux.Session to muxSession.
 type yamuxSession struct{ *yamux.Session }
 
-func (s yamuxSession) OpenStream() (muxStream, error) {
-	st, err := s.Session.OpenStream()
-	if err != nil {
-		return nil, err
-	}
-	return st, nil
-}
-
-func (s yamuxSession) AcceptStream() (muxStream, error) {
-	st, err := s.Session.AcceptStream()
-	if err != nil {
-		return nil, err
-	}
-	return st, nil
-}
+func (s yamuxSession) OpenStream() (muxStream, error)   { return asStream(s.Session.OpenStream()) }
+func (s yamuxSession) AcceptStream() (muxStream, error) { return asStream(s.Session.AcceptStream()) }
 
 // isthmusSession adapts *mux.Session to muxSession.
 type isthmusSession struct{ *mux.Session }
 
-func (s isthmusSession) OpenStream() (muxStream, error) {
-	st, err := s.Session.OpenStream()
-	if err != nil {
-		return nil, err
-	}
-	return st, nil
-}
-
-func (s isthmusSession) AcceptStream() (muxStream, error) {
-	st, err := s.Session.AcceptStream()
-	if err != nil {
-		return nil, err
-	}
-	return st, nil
-}
+func (s isthmusSession) OpenStream() (muxStream, error)   { return asStream(s.Session.OpenStream()) }
+func (s isthmusSession) AcceptStream() (muxStream, error) { return asStream(s.Session.AcceptStream()) }
 
 // newMux starts the session layer of one end over conn (the link's TLS
 // connection): the client on the agent, the server on the proxy-server.
@@ -111,31 +94,51 @@ func newMux(conn net.Conn, client bool, cfg Config, backlog int) (s muxSession, 
 	return nil, nil, CheckMux(cfg.Mux)
 }
 
-// batchConn is the link's TLS connection as package mux writes to it: mux
-// writes a whole batch of frames in one Write, which TLS cuts into
-// records; inside RawConn's batch those records leave in one system call.
-// Reads pass through, keeping the error that ended them (see cause).
-type batchConn struct {
+// linkConn is the link's TLS connection as a session layer uses it
+// (under frameWriter for yamux, batchConn for mux). Reads pass through,
+// keeping the error that ended them: the session ends on it and reports
+// only that it ended, while the cause (a TLS alert from the peer, say) is
+// what a log must show.
+type linkConn struct {
 	net.Conn
-	raw     *RawConn // under the TLS, or nil (then writes go straight through)
+	raw     *RawConn // under the TLS, or nil (a connection without one)
 	readErr atomic.Pointer[error]
 }
 
-func newBatchConn(c net.Conn) *batchConn {
-	b := &batchConn{Conn: c}
+// init sets l over c, and finds the RawConn under its TLS.
+func (l *linkConn) init(c net.Conn) {
+	l.Conn = c
 	if tc, ok := c.(*tls.Conn); ok {
-		b.raw, _ = tc.NetConn().(*RawConn)
+		l.raw, _ = tc.NetConn().(*RawConn)
 	}
-	return b
 }
 
-func (b *batchConn) Read(p []byte) (int, error) {
-	n, err := b.Conn.Read(p)
+func (l *linkConn) Read(p []byte) (int, error) {
+	n, err := l.Conn.Read(p)
 	if err != nil {
 		cause := err // a copy: &err would put every Read's err on the heap
-		b.readErr.CompareAndSwap(nil, &cause)
+		l.readErr.CompareAndSwap(nil, &cause)
 	}
 	return n, err
+}
+
+// cause is the error that ended reading, or nil.
+func (l *linkConn) cause() error {
+	if e := l.readErr.Load(); e != nil {
+		return *e
+	}
+	return nil
+}
+
+// batchConn is the link's TLS connection as package mux writes to it: mux
+// writes a whole batch of frames in one Write, which TLS cuts into
+// records; inside RawConn's batch those records leave in one system call.
+type batchConn struct{ linkConn }
+
+func newBatchConn(c net.Conn) *batchConn {
+	b := &batchConn{}
+	b.init(c)
+	return b
 }
 
 func (b *batchConn) Write(p []byte) (int, error) {
@@ -152,12 +155,4 @@ func (b *batchConn) Write(p []byte) (int, error) {
 		return n, fmt.Errorf("write to the link: %w", err)
 	}
 	return n, nil
-}
-
-// cause is the error that ended reading, or nil.
-func (b *batchConn) cause() error {
-	if e := b.readErr.Load(); e != nil {
-		return *e
-	}
-	return nil
 }

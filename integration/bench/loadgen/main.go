@@ -590,21 +590,7 @@ func (r *roundTrips) run(ctx context.Context, _ dialFunc) (Result, error) {
 	start := time.Now()
 	end := start.Add(d)
 	for i, c := range r.conns {
-		wg.Go(func() {
-			msg := make([]byte, 1024)
-			for time.Now().Before(end) {
-				t0 := time.Now()
-				if _, err := c.Write(msg); err != nil {
-					errs[i] = fmt.Errorf("write after %d round trips: %w", len(lat[i]), err)
-					return
-				}
-				if _, err := io.ReadFull(c, msg); err != nil {
-					errs[i] = fmt.Errorf("read after %d round trips: %w", len(lat[i]), err)
-					return
-				}
-				lat[i] = append(lat[i], time.Since(t0))
-			}
-		})
+		wg.Go(func() { lat[i], errs[i] = roundTripsUntil(c, end, nil) })
 	}
 	wg.Wait()
 	var res Result
@@ -628,6 +614,29 @@ func (r *roundTrips) run(ctx context.Context, _ dialFunc) (Result, error) {
 }
 
 func (r *roundTrips) close() { r.many.close() }
+
+// roundTripsUntil does 1 KiB round trips on c (write, read the echo)
+// until end and returns their times; done, if set, is called after each
+// with the time it ended.
+func roundTripsUntil(c net.Conn, end time.Time, done func(time.Time)) ([]time.Duration, error) {
+	msg := make([]byte, 1024)
+	var rtts []time.Duration
+	for time.Now().Before(end) {
+		t0 := time.Now()
+		if _, err := c.Write(msg); err != nil {
+			return rtts, fmt.Errorf("write after %d round trips: %w", len(rtts), err)
+		}
+		if _, err := io.ReadFull(c, msg); err != nil {
+			return rtts, fmt.Errorf("read after %d round trips: %w", len(rtts), err)
+		}
+		now := time.Now()
+		rtts = append(rtts, now.Sub(t0))
+		if done != nil {
+			done(now)
+		}
+	}
+	return rtts, nil
+}
 
 // idle: --conns connections, each with one probe answered so that it is
 // set up end to end, then held idle.
@@ -695,23 +704,15 @@ func (h *headOfLine) run(ctx context.Context, _ dialFunc) (Result, error) {
 	defer cancel()
 	stop := context.AfterFunc(ctx, func() { h.b.Close() })
 	defer stop()
-	msg := make([]byte, 1024)
-	var rtts []time.Duration
 	var res Result
 	start := time.Now()
-	last, end := start, start.Add(d)
-	for time.Now().Before(end) {
-		t0 := time.Now()
-		if _, err := h.b.Write(msg); err != nil {
-			return res, fmt.Errorf("B after %d round trips: %w", len(rtts), err)
-		}
-		if _, err := io.ReadFull(h.b, msg); err != nil {
-			return res, fmt.Errorf("B after %d round trips: %w", len(rtts), err)
-		}
-		now := time.Now()
-		rtts = append(rtts, now.Sub(t0))
+	last := start
+	rtts, err := roundTripsUntil(h.b, start.Add(d), func(now time.Time) {
 		res.Gap = max(res.Gap, int64(now.Sub(last)))
 		last = now
+	})
+	if err != nil {
+		return res, fmt.Errorf("B: %w", err)
 	}
 	res.Trips = len(rtts)
 	res.P99 = int64(pct(rtts, 99))
