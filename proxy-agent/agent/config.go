@@ -198,6 +198,8 @@ func (c *Config) validateTuning() []error {
 	}
 	if err := native.CheckMux(c.NativeMux); err != nil {
 		bad("--native-mux: %v", err)
+	} else if c.Link == LinkANP && c.NativeMux == native.MuxIsthmus {
+		bad("--native-mux=%s has no effect with --link=anp (the ANP link is gRPC, with no session layer to choose): drop one of the two", c.NativeMux)
 	}
 	if c.StallTimeout <= 0 {
 		bad("--conn-stall-timeout %v: want > 0", c.StallTimeout)

@@ -62,6 +62,7 @@ func TestRefusalsNameTheFlag(t *testing.T) {
 	}{
 		{[]string{"--xfr-channel-size=0"}, "--xfr-channel-size"},
 		{[]string{"--native-mux=quic"}, "--native-mux"},
+		{[]string{"--native-mux=isthmus", "--link=anp"}, "--native-mux=isthmus has no effect with --link=anp"},
 		{[]string{"--enable-contention-profiling"}, "--enable-profiling"},
 		{[]string{"--allowed-destinations=10.0.0.0/8:ssh"}, "--allowed-destinations"},
 		{[]string{"--count-server-leases", "--proxy-server-host=a,b"}, "--count-server-leases"},
