@@ -149,6 +149,7 @@ func (s *Connect) connect(c net.Conn, client string) net.Conn {
 	if !ok {
 		return nil
 	}
+	defer putReader(br) // the watch (watchHangup) ends before connect returns
 	if req.Method != http.MethodConnect {
 		s.refuse(c, http.StatusMethodNotAllowed, "only CONNECT is served here, got "+limits.Clip(req.Method))
 		return nil

@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"sync"
 	"time"
 
 	"isthmus.dev/tunnel/limits"
@@ -44,12 +45,14 @@ func (s *Connect) readRequest(c net.Conn, client string) (*http.Request, *bufio.
 	}
 	_ = c.SetWriteDeadline(time.Time{})
 	hr := &headerReader{r: c, left: max}
-	br := bufio.NewReaderSize(hr, 4096)
+	br := readers.Get().(*bufio.Reader)
+	br.Reset(hr)
 	req, err := http.ReadRequest(br)
 	if err == nil {
 		hr.lifted = true // what follows the header belongs to the tunnel
 		return req, br, true
 	}
+	putReader(br)
 	switch {
 	case hr.over:
 		s.Limits.Hit(limits.ConnectHeaderBytes, "CONNECT refused with 431: request header larger than --connect-max-header-bytes",
@@ -68,6 +71,17 @@ func (s *Connect) readRequest(c net.Conn, client string) (*http.Request, *bufio.
 		s.refuse(c, http.StatusBadRequest, `malformed request: want "CONNECT host:port HTTP/1.1"`)
 	}
 	return nil, nil, false
+}
+
+// readers are the buffers requests are parsed in: a connection holds one
+// only until its tunnel is set up (putReader), so that a thousand clients
+// dialing at once do not leave a thousand behind as garbage.
+var readers = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, 4096) }}
+
+// putReader gives br back to readers once nothing reads it any more.
+func putReader(br *bufio.Reader) {
+	br.Reset(nil)
+	readers.Put(br)
 }
 
 func isTimeout(err error) bool {

@@ -247,7 +247,7 @@ func (r *request) Accept(net.Conn) (net.Conn, error) {
 	if err != nil {
 		return nil, err
 	}
-	return r.c, nil
+	return r.c.public(), nil
 }
 
 func (r *request) Refuse(reason link.Reason, err error) {

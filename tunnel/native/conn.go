@@ -50,6 +50,33 @@ type streamConn struct {
 	writeDeadline time.Time
 }
 
+// readNotifier is a stream that calls back when it has something to read
+// (package mux's; yamux's has no such call).
+type readNotifier interface {
+	NotifyReadable(f func()) bool
+}
+
+// notifyConn is a streamConn whose stream calls back when it has something
+// to read: splice then runs the copy out of it only while bytes come, and
+// an idle connection holds no goroutine for that direction.
+type notifyConn struct {
+	*streamConn
+	rn readNotifier
+}
+
+// NotifyReadable calls f once a Read would not wait (bytes, EOF, an error,
+// the read deadline, Close); it returns false if a Read would not wait now.
+func (c notifyConn) NotifyReadable(f func()) bool { return c.rn.NotifyReadable(f) }
+
+// public is c as handed to the link's user: a notifyConn if its stream
+// can call back.
+func (c *streamConn) public() net.Conn {
+	if rn, ok := c.muxStream.(readNotifier); ok {
+		return notifyConn{c, rn}
+	}
+	return c
+}
+
 func (c *streamConn) Read(p []byte) (int, error) {
 	n, err := c.muxStream.Read(p)
 	return n, c.why(err)

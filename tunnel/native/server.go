@@ -182,5 +182,5 @@ func (l *ServerLink) Dial(ctx context.Context, address string) (net.Conn, error)
 		c.Close()
 		return nil, fail(answerReasons[code], errors.New(msg))
 	}
-	return c, nil
+	return c.public(), nil
 }

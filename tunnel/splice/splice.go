@@ -50,7 +50,6 @@ type Result struct {
 func Splice(a, b net.Conn) Result {
 	var (
 		res    Result
-		wg     sync.WaitGroup
 		once   sync.Once
 		errMu  sync.Mutex
 		_, aHC = a.(HalfCloser)
@@ -63,11 +62,8 @@ func Splice(a, b net.Conn) Result {
 			_ = b.Close()
 		})
 	}
-	run := func(dst, src net.Conn, n *int64) {
-		defer wg.Done()
-		var err error
-		var readErr error
-		*n, readErr, err = copyBuf(dst, src)
+	// end ends one direction, dst being the connection it wrote to.
+	end := func(dst net.Conn, readErr, err error) {
 		if readErr != nil && !isClosed(readErr) {
 			// src was cut, not closed: pass the abort on, so the peer
 			// behind dst does not take a truncated stream for a whole one.
@@ -87,12 +83,112 @@ func Splice(a, b net.Conn) Result {
 		}
 		closeBoth()
 	}
-	wg.Add(2)
-	go run(b, a, &res.AtoB)
-	run(a, b, &res.BtoA) // one goroutine fewer per connection
-	wg.Wait()
+	run := func(dst, src net.Conn, n *int64) {
+		var readErr, err error
+		*n, readErr, err = copyBuf(dst, src)
+		end(dst, readErr, err)
+	}
+	// A direction whose source can call back when it has bytes runs on a
+	// goroutine only while they come: an idle connection then holds one
+	// goroutine, this one, waiting on the other source.
+	switch {
+	case isNotifier(b):
+		done := startNotified(a, b, &res.BtoA, end)
+		run(b, a, &res.AtoB)
+		<-done
+	case isNotifier(a):
+		done := startNotified(b, a, &res.AtoB, end)
+		run(a, b, &res.BtoA)
+		<-done
+	default:
+		var wg sync.WaitGroup
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			run(b, a, &res.AtoB)
+		}()
+		run(a, b, &res.BtoA) // one goroutine fewer per connection
+		wg.Wait()
+	}
 	closeBoth()
 	return res
+}
+
+// ReadNotifier is a connection that calls back when a Read would not wait
+// (a native tunnel stream over package mux). NotifyReadable arranges for
+// f to be called once then, and returns false, arranging nothing, if a
+// Read would not wait now. f must not block.
+type ReadNotifier interface {
+	NotifyReadable(f func()) bool
+}
+
+func isNotifier(c net.Conn) bool {
+	_, ok := c.(ReadNotifier)
+	return ok
+}
+
+// notified copies src, a ReadNotifier, to dst on a goroutine that runs
+// only while src has something to read: between bursts it ends, holding
+// no buffer, and src's callback starts the next one.
+type notified struct {
+	dst    net.Conn
+	src    net.Conn
+	rn     ReadNotifier
+	n      *int64
+	b      buffers
+	bulk   bool // the last read filled its buffer: read the next into a large one
+	resume func()
+	end    func(dst net.Conn, readErr, err error)
+	done   chan struct{}
+}
+
+// startNotified starts copying src to dst; done is closed once the copy
+// ended (and end was called).
+func startNotified(dst, src net.Conn, n *int64, end func(dst net.Conn, readErr, err error)) (done <-chan struct{}) {
+	c := &notified{dst: dst, src: src, rn: src.(ReadNotifier), n: n, end: end, done: make(chan struct{})}
+	c.resume = func() { go c.loop() }
+	go c.loop()
+	return c.done
+}
+
+// loop copies what src has. Once src has nothing to read, it gives its
+// buffer back, asks to be called again and ends: from then on another
+// goroutine may run the copy, so nothing of c is touched after that.
+func (c *notified) loop() {
+	for {
+		if c.rn.NotifyReadable(c.resume) {
+			return // a call that came early (a deadline moved later)
+		}
+		buf := c.b.get(c.bulk)
+		nr, rerr := c.src.Read(buf)
+		if nr > 0 {
+			nw, werr := c.dst.Write(buf[:nr])
+			*c.n += int64(nw)
+			if werr == nil && nw != nr {
+				werr = io.ErrShortWrite
+			}
+			if werr != nil {
+				c.finish(nil, werr)
+				return
+			}
+		}
+		if rerr != nil {
+			if rerr == io.EOF {
+				c.finish(nil, nil)
+			} else {
+				c.finish(rerr, rerr)
+			}
+			return
+		}
+		c.bulk = nr == len(buf) || (c.bulk && nr >= len(buf)/8)
+		c.b.release()
+	}
+}
+
+func (c *notified) finish(readErr, err error) {
+	c.b.release()
+	c.end(c.dst, readErr, err)
+	close(c.done)
 }
 
 // copyBuf copies src to dst until EOF (then it returns nil), with pooled
@@ -152,6 +248,15 @@ func (b *buffers) buf() []byte {
 		held.Add(1)
 	}
 	return *b.p
+}
+
+// get returns the buffer held, taking a large or small one if none is.
+func (b *buffers) get(large bool) []byte {
+	if b.p == nil && large {
+		b.p, b.large = largePool.Get().(*[]byte), true
+		held.Add(1)
+	}
+	return b.buf()
 }
 
 func (b *buffers) grow() {

@@ -6,11 +6,15 @@ import (
 	"io"
 	"net"
 	"path/filepath"
+	"runtime"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
 
 	"go.uber.org/goleak"
+
+	"isthmus.dev/tunnel/native/mux"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -253,5 +257,99 @@ func TestRawReadDoesNotAllocate(t *testing.T) {
 	})
 	if allocs != 0 {
 		t.Fatalf("%.1f allocations per read", allocs)
+	}
+}
+
+// TestNotifiedSourceIdlesWithoutGoroutine: a source that calls back when
+// it has bytes (a package mux stream) is copied by a goroutine only while
+// bytes come; an idle connection holds only the goroutine of Splice's
+// caller, and no buffer. Bulk data still moves whole, both ways.
+func TestNotifiedSourceIdlesWithoutGoroutine(t *testing.T) {
+	cc, sc := tcpPair(t)
+	cfg := &mux.Config{AcceptBacklog: 16, MaxStreamWindowSize: 256 << 10, ConnectionWriteTimeout: 10 * time.Second}
+	ms, err := mux.Client(cc, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ms.Close()
+	ss, err := mux.Server(sc, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ss.Close()
+	far, err := ms.OpenStream() // the tunnel's far end: the test writes and reads it
+	if err != nil {
+		t.Fatal(err)
+	}
+	near, err := ss.AcceptStream()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var _ ReadNotifier = near
+	client, a := socketPair(t, "tcp")
+	done := make(chan Result, 1)
+	go func() { done <- Splice(a, near) }()
+
+	// copiers counts the goroutines copying, in either direction.
+	copiers := func() int {
+		buf := make([]byte, 1<<20)
+		n := 0
+		for _, g := range strings.Split(string(buf[:runtime.Stack(buf, true)]), "\n\n") {
+			if strings.Contains(g, "splice.copyBuf") || strings.Contains(g, "splice.(*notified).loop") {
+				n++
+			}
+		}
+		return n
+	}
+	waitIdle := func(what string) {
+		t.Helper()
+		deadline := time.Now().Add(10 * time.Second)
+		for copiers() != 1 || HeldBuffers() != 0 {
+			if time.Now().After(deadline) {
+				t.Fatalf("after %s: %d goroutines copy the idle connection, %d buffers held; want 1 (reading the socket) and none", what, copiers(), HeldBuffers())
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+	}
+	roundTrip := func(n int) {
+		t.Helper()
+		msg := bytes.Repeat([]byte{'y'}, n)
+		go func() { _, _ = far.Write(msg) }()
+		got := make([]byte, n)
+		_ = client.SetReadDeadline(time.Now().Add(10 * time.Second))
+		if _, err := io.ReadFull(client, got); err != nil {
+			t.Fatalf("client read %d: %v", n, err)
+		}
+		go func() { _, _ = client.Write(got) }()
+		back := make([]byte, n)
+		_ = far.SetReadDeadline(time.Now().Add(10 * time.Second))
+		if _, err := io.ReadFull(far, back); err != nil {
+			t.Fatalf("stream read %d: %v", n, err)
+		}
+		if !bytes.Equal(back, msg) {
+			t.Fatalf("%d bytes came back changed", n)
+		}
+	}
+	waitIdle("the splice started")
+	roundTrip(10)
+	waitIdle("a small round trip")
+	roundTrip(8 << 20) // large buffers, then given back
+	waitIdle("8 MiB each way")
+	roundTrip(1)
+	waitIdle("a 1-byte round trip")
+
+	// The far end's FIN reaches the client as EOF, and the splice ends.
+	_ = far.Close()
+	_ = client.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if n, err := client.Read(make([]byte, 1)); err != io.EOF {
+		t.Fatalf("client read after the stream's FIN: %d, %v; want EOF", n, err)
+	}
+	client.Close()
+	res := <-done
+	if want := int64(10 + 8<<20 + 1); res.AtoB != want || res.BtoA != want || res.Err != nil {
+		t.Fatalf("result %+v, want %d bytes each way and no error", res, want)
+	}
+	if n, held := copiers(), HeldBuffers(); n != 0 || held != 0 {
+		t.Fatalf("after the splice: %d goroutines copy, %d buffers held; want none", n, held)
 	}
 }

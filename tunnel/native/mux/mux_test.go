@@ -1000,3 +1000,113 @@ func TestWirePattern(t *testing.T) {
 		t.Fatalf("only %d frames: the test did not exercise window updates", len(want))
 	}
 }
+
+// TestNotifyReadable: the callback comes once a Read would not wait (data,
+// the read deadline, the peer's FIN, the session's end), once per call,
+// and not before; NotifyReadable refuses while a Read would not wait. The
+// peer is mux or yamux.
+func TestNotifyReadable(t *testing.T) {
+	forEach(t, defaults, func(t *testing.T, p *pair) {
+		for _, dir := range []struct {
+			name     string
+			from, to session
+		}{{"client-to-server", p.client, p.server}, {"server-to-client", p.server, p.client}} {
+			if _, ok := dir.to.(muxSession); !ok {
+				continue // the reading end is yamux's
+			}
+			t.Run(dir.name, func(t *testing.T) {
+				a, s := streamPair(t, dir.from, dir.to)
+				b := s.(*Stream)
+				calls := make(chan struct{}, 4)
+				f := func() { calls <- struct{}{} }
+				called := func(what string) {
+					t.Helper()
+					select {
+					case <-calls:
+					case <-time.After(10 * time.Second):
+						t.Fatalf("no callback after %s", what)
+					}
+					select {
+					case <-calls:
+						t.Fatalf("a second callback after %s", what)
+					default:
+					}
+				}
+				notCalled := func(what string) {
+					t.Helper()
+					select {
+					case <-calls:
+						t.Fatalf("a callback after %s, with nothing to read", what)
+					default:
+					}
+				}
+
+				if !b.NotifyReadable(f) {
+					t.Fatal("NotifyReadable refused with nothing to read")
+				}
+				_ = b.SetReadDeadline(time.Time{}) // wakes readers, but nothing is readable
+				_ = b.SetReadDeadline(time.Now().Add(time.Hour))
+				notCalled("deadline changes")
+				_ = b.SetReadDeadline(time.Time{})
+
+				if _, err := a.Write([]byte("xy")); err != nil {
+					t.Fatal(err)
+				}
+				called("data")
+				if b.NotifyReadable(f) {
+					t.Fatal("NotifyReadable accepted with data to read")
+				}
+				buf := make([]byte, 1)
+				for range 2 {
+					if _, err := b.Read(buf); err != nil {
+						t.Fatal(err)
+					}
+				}
+				if !b.NotifyReadable(f) {
+					t.Fatal("NotifyReadable refused once the data was read")
+				}
+				_ = b.SetReadDeadline(time.Now().Add(20 * time.Millisecond))
+				called("the read deadline")
+				if _, err := b.Read(buf); !isTimeout(err) {
+					t.Fatalf("read after the deadline callback: %v, want a timeout", err)
+				}
+				_ = b.SetReadDeadline(time.Time{})
+
+				if !b.NotifyReadable(f) {
+					t.Fatal("NotifyReadable refused after the deadline was removed")
+				}
+				_ = a.Close()
+				called("the peer's FIN")
+				if _, err := b.Read(buf); err != io.EOF {
+					t.Fatalf("read after the FIN callback: %v, want EOF", err)
+				}
+			})
+		}
+
+		// The session's end, at the end that closes and at its peer.
+		c, d := streamPair(t, p.client, p.server)
+		var waits []chan struct{}
+		for _, st := range []stream{c, d} {
+			if ms, ok := st.(*Stream); ok {
+				ch := make(chan struct{}, 2)
+				if !ms.NotifyReadable(func() { ch <- struct{}{} }) {
+					t.Fatal("NotifyReadable refused on a new stream")
+				}
+				waits = append(waits, ch)
+			}
+		}
+		_ = p.client.Close()
+		for _, ch := range waits {
+			select {
+			case <-ch:
+			case <-time.After(10 * time.Second):
+				t.Fatal("no callback after the session's end")
+			}
+		}
+		for _, st := range []stream{c, d} {
+			if ms, ok := st.(*Stream); ok && ms.NotifyReadable(func() {}) {
+				t.Fatal("NotifyReadable accepted on a stream of a closed session")
+			}
+		}
+	})
+}

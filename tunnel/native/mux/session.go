@@ -298,6 +298,11 @@ func (s *Session) closeWith(cause error, code uint32, goAway bool) {
 	s.room.Broadcast()
 	s.wmu.Unlock()
 	close(s.shutdownCh)
+	// Readers see the end now (those waiting in Read see shutdownCh);
+	// the streams are closed once the pending frames are written.
+	for _, st := range s.streamList() {
+		st.readable()
+	}
 	if goAway {
 		s.drain()
 	}
@@ -314,15 +319,20 @@ func (s *Session) closeWith(cause error, code uint32, goAway bool) {
 		s.pending = nil
 	}
 	s.wmu.Unlock()
+	for _, st := range s.streamList() {
+		st.forceClose()
+	}
+}
+
+// streamList is the streams not yet forgotten.
+func (s *Session) streamList() []*Stream {
 	s.mu.Lock()
+	defer s.mu.Unlock()
 	streams := make([]*Stream, 0, len(s.streams))
 	for _, st := range s.streams {
 		streams = append(streams, st)
 	}
-	s.mu.Unlock()
-	for _, st := range streams {
-		st.forceClose()
-	}
+	return streams
 }
 
 // drain writes what is pending, or waits for the writer to, within

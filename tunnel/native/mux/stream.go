@@ -43,6 +43,7 @@ type Stream struct {
 	rtimer     *time.Timer
 	wtimer     *time.Timer
 	readCh     chan struct{} // notified on data, state change, read deadline
+	onReadable func()        // NotifyReadable's callback, called once at the next of those
 	sendCh     chan struct{} // notified on window update, state change, write deadline
 }
 
@@ -87,7 +88,7 @@ func (st *Stream) Read(p []byte) (int, error) {
 			more := st.buffered() > 0
 			st.mu.Unlock()
 			if more {
-				notify(st.readCh) // for another reader
+				st.readable() // for another reader
 			}
 			if flush {
 				_ = st.s.flush()
@@ -109,6 +110,55 @@ func (st *Stream) Read(p []byte) (int, error) {
 		}
 		st.mu.Lock()
 	}
+}
+
+// NotifyReadable arranges for f to be called once, as soon as Read would
+// not wait: data arrived, the peer's FIN or reset, the session's end, or
+// the read deadline. It returns false, and arranges nothing, if Read would
+// not wait now. It replaces the previous f not yet called.
+//
+// With it, a stream that is idle needs no goroutine waiting in Read. f is
+// called by the goroutine that made the stream readable (the session's
+// receive goroutine, a timer, a closer), outside the stream's locks: it
+// must not block (start a goroutine to read).
+func (st *Stream) NotifyReadable(f func()) bool {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	if st.readableLocked() {
+		st.onReadable = nil
+		return false
+	}
+	st.onReadable = f
+	return true
+}
+
+// readableLocked reports whether Read would not wait; st.mu is held.
+func (st *Stream) readableLocked() bool {
+	return st.state == stateReset || st.buffered() > 0 || st.state == stateRemoteClose || st.state == stateClosed ||
+		st.s.IsClosed() || (!st.rdl.IsZero() && !time.Now().Before(st.rdl))
+}
+
+// readable wakes the stream's reader: the goroutine waiting in Read and
+// the NotifyReadable callback.
+func (st *Stream) readable() {
+	notify(st.readCh)
+	st.mu.Lock()
+	f := st.takeReadable()
+	st.mu.Unlock()
+	if f != nil {
+		f()
+	}
+}
+
+// takeReadable takes the NotifyReadable callback if Read would not wait
+// now; st.mu is held.
+func (st *Stream) takeReadable() func() {
+	f := st.onReadable
+	if f == nil || !st.readableLocked() {
+		return nil
+	}
+	st.onReadable = nil
+	return f
 }
 
 // buffered is the number of unread bytes; st.mu is held.
@@ -265,7 +315,7 @@ func (st *Stream) forceClose() {
 
 // wake wakes the stream's reader and writer to look at its state.
 func (st *Stream) wake() {
-	notify(st.readCh)
+	st.readable()
 	notify(st.sendCh)
 }
 
@@ -316,7 +366,7 @@ func (st *Stream) windowUpdate(flags uint16, delta uint32) error {
 	st.mu.Unlock()
 	notify(st.sendCh)
 	if flags&(flagFIN|flagRST) != 0 {
-		notify(st.readCh)
+		st.readable()
 	}
 	if forget {
 		st.s.forget(st)
@@ -354,8 +404,12 @@ func (st *Stream) receive(flags uint16, length uint32) error {
 		st.rbuf.b = st.rbuf.b[:len(st.rbuf.b)+int(length)]
 	}
 	forget, err := st.processFlags(flags & (flagFIN | flagRST))
+	f := st.takeReadable()
 	st.mu.Unlock()
 	notify(st.readCh)
+	if f != nil {
+		f()
+	}
 	if flags&(flagFIN|flagRST) != 0 {
 		notify(st.sendCh)
 	}
@@ -402,9 +456,18 @@ func (st *Stream) SetDeadline(t time.Time) error {
 func (st *Stream) SetReadDeadline(t time.Time) error {
 	st.mu.Lock()
 	st.rdl = t
-	st.rtimer = deadlineTimer(st.rtimer, t, st.readCh)
+	if st.rtimer != nil {
+		st.rtimer.Stop()
+	}
+	if !t.IsZero() {
+		if st.rtimer == nil {
+			st.rtimer = time.AfterFunc(time.Until(t), st.readable)
+		} else {
+			st.rtimer.Reset(time.Until(t))
+		}
+	}
 	st.mu.Unlock()
-	notify(st.readCh)
+	st.readable()
 	return nil
 }
 
