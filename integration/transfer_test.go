@@ -413,7 +413,7 @@ func TestDataClose(t *testing.T) {
 			if _, err := io.ReadFull(c, pong); err != nil || string(pong) != "ping" {
 				t.Fatalf("echo: %q, %v", pong, err)
 			}
-			if err := c.Close(); err != nil {
+			if err := c.Close(); err != nil && !closeRaced(s, err) {
 				// konnectivity-client returns an error when no CLOSE_RSP came.
 				t.Errorf("client Close: %v", err)
 			}
@@ -652,4 +652,13 @@ func xferSlowReaderWaits(t *testing.T, s *harness.Server) {
 	_ = other.Close()
 	xferWaitIdle(t, flood, 15*time.Second)
 	xferWaitIdle(t, echo, 15*time.Second)
+}
+
+// closeRaced reports whether err is konnectivity-client's Close losing its
+// own race after a CLOSE_RSP: the single-use tunnel ends at the CLOSE_RSP,
+// and Close then picks at random between the answer and the tunnel's end
+// ("tunnel closed"; seen 2-3 times in 400 under -race, against upstream's
+// server as against ours). A missing answer is "close timeout".
+func closeRaced(s *harness.Server, err error) bool {
+	return s.Opts.Mode == harness.GRPC && err.Error() == "tunnel closed"
 }

@@ -468,9 +468,12 @@ func (lg *loadgenRunner) headOfLine(p *path, seconds float64, setup time.Duratio
 		h.err = err.Error()
 		return h
 	}
-	// Closing A, full of the flood, waits for konnectivity-client's
-	// CLOSE_RSP behind what it never read (up to its 10 s CloseTimeout):
-	// the measurement is over, so the client is killed after 2 s.
+	// Closing A, full of the flood, cannot be quick through any server:
+	// konnectivity-client's reader is parked handing A's DATA to a read
+	// queue A never empties, so it takes nothing more from the stream
+	// (CLOSE_RSP included) until its 10 s read timeout closes the tunnel.
+	// (Through upstream that has often happened already, while B waited
+	// behind A.) The measurement is over, so the client is killed after 2 s.
 	defer c.finishWithin(2 * time.Second)
 	r, err := c.run(time.Duration(seconds)*time.Second + 2*time.Minute)
 	if err != nil {

@@ -7,7 +7,6 @@ import (
 	"io"
 	"log/slog"
 	"net"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -17,6 +16,7 @@ import (
 	"isthmus.dev/tunnel/anp"
 	"isthmus.dev/tunnel/limits"
 	"isthmus.dev/tunnel/link"
+	"isthmus.dev/tunnel/splice"
 )
 
 // GRPC serves /ProxyService/Proxy: one tunneled connection per stream, as
@@ -56,11 +56,6 @@ func (g *GRPC) Register(s *grpc.Server) {
 	}
 	client.RegisterProxyServiceServer(s, g)
 }
-
-// dataBufs hold what one DATA packet to a client carries. Fewer, larger
-// packets cost konnectivity-client (one channel send per packet) less; 256 KiB
-// stays far below the 4 MiB a gRPC client accepts by default.
-var dataBufs = sync.Pool{New: func() any { b := make([]byte, 256<<10); return &b }}
 
 type recvResult struct {
 	p   *client.Packet
@@ -124,13 +119,10 @@ func (g *GRPC) admit(req *client.DialRequest, who string) (release func(), refus
 // dial dials address for the stream, answers DIAL_RSP and, connected,
 // pumps the data. release is called when the dial has ended.
 func (g *GRPC) dial(stream client.ProxyService_ProxyServer, random int64, address string, release func(), log *slog.Logger) error {
-	// The client may send DIAL_CLS or vanish while we dial: one Recv runs
-	// beside the dial, and its result is handed on to the data phase.
-	recvd := make(chan recvResult, 1)
-	go func() {
-		p, err := stream.Recv()
-		recvd <- recvResult{p, err}
-	}()
+	// The client may send DIAL_CLS or vanish while we dial: the stream's
+	// reader runs beside the dial, and goes on into the data phase.
+	r := startReader(stream)
+	defer close(r.conn) // no connection handed over: the reader ends
 	timeout := g.DialTimeout
 	if timeout <= 0 {
 		timeout = DefaultDialTimeout
@@ -139,6 +131,8 @@ func (g *GRPC) dial(stream client.ProxyService_ProxyServer, random int64, addres
 	defer dcancel()
 	dres := make(chan dialResult, 1)
 	start := time.Now()
+	// On a goroutine of its own: the dial's deep stack goes with it, not
+	// with the handler that then serves the connection for its whole life.
 	go func() {
 		c, err := g.Dialer.Dial(dctx, address)
 		release() // the dial no longer waits, even if the client gave up on it before
@@ -147,13 +141,13 @@ func (g *GRPC) dial(stream client.ProxyService_ProxyServer, random int64, addres
 	var d dialResult
 	select {
 	case d = <-dres:
-	case r := <-recvd:
+	case <-r.spoke:
 		// Before DIAL_RSP a client can only cancel: DIAL_CLS, or it is gone.
 		dcancel()
 		if d = <-dres; d.c != nil {
 			_ = d.c.Close()
 		}
-		log.Info("dial cancelled by the client", "packet", packetType(r), "err", r.err)
+		log.Info("dial cancelled by the client", "packet", packetType(r.first), "err", r.first.err)
 		g.observe(link.ReasonCancelled, start)
 		return nil
 	}
@@ -171,7 +165,7 @@ func (g *GRPC) dial(stream client.ProxyService_ProxyServer, random int64, addres
 		return err
 	}
 	log.Debug("connected", "conn", id, "took", time.Since(start))
-	return g.pump(stream, d.c, id, recvd, log)
+	return g.pump(stream, d.c, id, r, log)
 }
 
 func (g *GRPC) observe(r link.Reason, start time.Time) {
@@ -205,83 +199,116 @@ func packetType(r recvResult) string {
 	return r.p.Type.String()
 }
 
-// pump moves DATA between the stream and c until either side ends.
-func (g *GRPC) pump(stream client.ProxyService_ProxyServer, c net.Conn, id int64, recvd <-chan recvResult, log *slog.Logger) error {
-	inDone := make(chan bool, 1) // true: the client sent CLOSE_REQ
-	spoke := make(chan struct{}) // closed at the client's first packet
-	go func() {
-		r := <-recvd
-		close(spoke)
-		for {
-			if r.err != nil {
-				inDone <- false
-				return
-			}
-			switch r.p.Type {
-			case client.PacketType_DATA:
-				if b := r.p.GetData().GetData(); len(b) > 0 {
-					// Blocking here is the flow control: gRPC stops
-					// reading this stream until the backend takes the data.
-					if _, err := c.Write(b); err != nil {
-						inDone <- false
-						return
-					}
-				}
-			case client.PacketType_CLOSE_REQ:
-				inDone <- true
-				return
-			case client.PacketType_DIAL_CLS:
-				inDone <- false
-				return
-			}
-			p, err := stream.Recv()
-			r = recvResult{p, err}
-		}
-	}()
-	outDone := make(chan error, 1)
-	go func() {
-		buf := dataBufs.Get().(*[]byte)
-		defer dataBufs.Put(buf)
-		first := true
-		for {
-			n, err := c.Read(*buf)
-			if n > 0 && first {
-				first = false
-				waitFirstData(spoke)
-			}
-			if n > 0 {
-				if serr := stream.Send(anp.Data(id, (*buf)[:n])); serr != nil {
-					outDone <- serr
-					return
-				}
-			}
-			if err != nil {
-				outDone <- err
-				return
-			}
-		}
-	}()
+// pump moves DATA between the stream and c until either side ends: the
+// reader writes the client's DATA to c, and the handler's goroutine (the
+// stream's one sender) copies c to the client, with a buffer only while
+// bytes move (splice.Copy). An idle connection costs these two goroutines
+// and no buffer.
+func (g *GRPC) pump(stream client.ProxyService_ProxyServer, c net.Conn, id int64, r *reader, log *slog.Logger) error {
+	r.conn <- c
+	_, _, err := splice.Copy(&dataWriter{stream: stream, id: id, spoke: r.spoke}, c)
+	_ = c.Close()
 	select {
-	case err := <-outDone:
-		// The backend side ended (or the client stopped taking data).
-		_ = c.Close()
-		if errors.Is(err, io.EOF) {
-			log.Debug("backend closed the connection", "conn", id)
-			return stream.Send(anp.CloseRsp(id, ""))
-		}
-		// Cut, not closed: say so, so the client can tell a truncated
-		// stream from a whole one (konnectivity-client returns it from Close).
-		log.Info("connection cut", "conn", id, "err", err)
-		return stream.Send(anp.CloseRsp(id, err.Error()))
-	case closeReq := <-inDone:
-		_ = c.Close()
-		<-outDone
+	case closeReq := <-r.closed:
+		// The client ended it; its reader closed c under the copy.
 		log.Debug("client closed the connection", "conn", id, "closeReq", closeReq)
 		if closeReq {
 			return stream.Send(anp.CloseRsp(id, ""))
 		}
 		return nil
+	default:
 	}
+	if err == nil {
+		log.Debug("backend closed the connection", "conn", id)
+		return stream.Send(anp.CloseRsp(id, ""))
+	}
+	// Cut, not closed (or the client stopped taking data): say so, so the
+	// client can tell a truncated stream from a whole one
+	// (konnectivity-client returns it from Close).
+	log.Info("connection cut", "conn", id, "err", err)
+	return stream.Send(anp.CloseRsp(id, err.Error()))
+}
+
+// reader is a stream's one reader (grpc-go allows one beside one sender),
+// from the packet after DIAL_REQ to the stream's end. While the dial runs,
+// the first thing it reads (DIAL_CLS, or the client gone) cancels the
+// dial; once the connection is handed over, it writes the client's DATA to
+// it.
+type reader struct {
+	stream client.ProxyService_ProxyServer
+	spoke  chan struct{} // closed once first is set
+	first  recvResult
+	// conn hands the connection over once DIAL_RSP is out; closed without
+	// one, it ends the reader.
+	conn chan net.Conn
+	// closed gets, once, how the client ended the connection (true:
+	// CLOSE_REQ), before the reader closes the connection.
+	closed chan bool
+}
+
+func startReader(stream client.ProxyService_ProxyServer) *reader {
+	r := &reader{stream: stream, spoke: make(chan struct{}), conn: make(chan net.Conn, 1), closed: make(chan bool, 1)}
+	go r.run()
+	return r
+}
+
+func (r *reader) run() {
+	p, err := r.stream.Recv()
+	r.first = recvResult{p, err}
+	close(r.spoke)
+	c, ok := <-r.conn
+	if !ok {
+		return
+	}
+	r.closed <- r.copyIn(c)
+	_ = c.Close() // ends the handler's copy from c
+}
+
+// copyIn writes the client's DATA to c, from the first packet on, until
+// the client ends the connection (true: with CLOSE_REQ) or c fails.
+func (r *reader) copyIn(c net.Conn) (closeReq bool) {
+	in := r.first
+	for ; in.err == nil; in.p, in.err = r.stream.Recv() {
+		switch in.p.Type {
+		case client.PacketType_DATA:
+			if b := in.p.GetData().GetData(); len(b) > 0 {
+				// Blocking here is the flow control: gRPC stops
+				// reading this stream until the backend takes the data.
+				if _, err := c.Write(b); err != nil {
+					return false
+				}
+			}
+		case client.PacketType_CLOSE_REQ:
+			return true
+		case client.PacketType_DIAL_CLS:
+			return false
+		}
+	}
+	return false
+}
+
+// dataWriter sends what is written to it as the connection's DATA packets.
+type dataWriter struct {
+	stream client.ProxyService_ProxyServer
+	id     int64
+	spoke  <-chan struct{} // see waitFirstData; nil once the first bytes went
+}
+
+func (w *dataWriter) Write(p []byte) (int, error) {
+	if w.spoke != nil {
+		waitFirstData(w.spoke)
+		w.spoke = nil
+	}
+	// Fewer, larger packets cost konnectivity-client less (a channel send
+	// each); MaxDataChunk stays far below gRPC's 4 MiB receive limit.
+	for sent := 0; sent < len(p); {
+		k := min(len(p)-sent, anp.MaxDataChunk)
+		if err := w.stream.Send(anp.Data(w.id, p[sent:sent+k])); err != nil {
+			return sent, err
+		}
+		sent += k
+	}
+	return len(p), nil
 }
 
 // observed reports a client stream's packets and errors to an Observer.

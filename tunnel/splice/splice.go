@@ -191,6 +191,13 @@ func (c *notified) finish(readErr, err error) {
 	close(c.done)
 }
 
+// Copy is one direction of a splice, for a dst that is not a connection (the
+// gRPC frontend's DATA packets): it copies src to dst until EOF (then err is
+// nil) or an error, with the pooled buffers Splice uses, none held while src
+// is idle. readErr is the error that ended reading src, if reading ended it.
+// Copy closes neither.
+func Copy(dst io.Writer, src io.Reader) (n int64, readErr, err error) { return copyBuf(dst, src) }
+
 // copyBuf copies src to dst until EOF (then it returns nil), with pooled
 // buffers sized to the traffic. It also returns the error that ended reading
 // src, if reading ended it.
