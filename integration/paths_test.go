@@ -16,6 +16,11 @@ import "isthmus.dev/integration/harness"
 const (
 	linkNative = "native"
 	linkANP    = "anp"
+	// linkNativeMux is the native link with the session layer of our own
+	// at both ends (--native-mux=isthmus): its streams call back when
+	// readable, and a socket and such a stream splice with no goroutine
+	// while idle (splice.Async).
+	linkNativeMux = "native-mux"
 )
 
 // pathCase is one path: a frontend mode on a transport, over an agent link.
@@ -25,7 +30,18 @@ func (c pathCase) name() string { return c.mode + "/" + c.transport + "/" + c.li
 
 // agentFlags are the flags that make an agent use the path's link.
 func (c pathCase) agentFlags(extra ...string) []string {
+	if c.link == linkNativeMux {
+		return append([]string{"--link=native", "--native-mux=isthmus"}, extra...)
+	}
 	return append([]string{"--link=" + c.link}, extra...)
+}
+
+// serverFlags are the server's flags for the path's link.
+func (c pathCase) serverFlags(extra ...string) []string {
+	if c.link == linkNativeMux {
+		return append([]string{"--native-mux=isthmus"}, extra...)
+	}
+	return extra
 }
 
 // allPaths is the full matrix: both frontends on both transports over both
@@ -41,6 +57,12 @@ var allPaths = func() []pathCase {
 	}
 	return ps
 }()
+
+// muxPaths are the native link over --native-mux=isthmus on both
+// frontends, on the Unix socket: the paths where the server splices
+// asynchronously (HTTP CONNECT) or copies out of a notifying stream
+// (gRPC). The transfer tests run them beside allPaths and pairwisePaths.
+var muxPaths = []pathCase{{harness.HTTPConnect, harness.UDS, linkNativeMux}, {harness.GRPC, harness.UDS, linkNativeMux}}
 
 // pairwisePaths are four paths in which every frontend meets both
 // transports and both links, and every transport both links.

@@ -135,3 +135,38 @@ func TestServerGracefulShutdown(t *testing.T) {
 		t.Fatalf("server did not exit cleanly once the last connection closed: %v", err)
 	}
 }
+
+// TestShutdownEndsIdleConnections: when a server's graceful shutdown times
+// out, it ends the connections still open, idle ones included, and exits;
+// the agent then ends the backend's side of each. With --native-mux=isthmus
+// those connections are spliced with no goroutine while idle, and must be
+// ended all the same.
+func TestShutdownEndsIdleConnections(t *testing.T) {
+	for _, mux := range []string{"yamux", "isthmus"} {
+		t.Run(mux, func(t *testing.T) {
+			harness.LeakCheck(t)
+			pki := harness.NewPKI(t)
+			echo := harness.StartBackend(t, harness.Echo)
+			s := harness.StartServer(t, bins, pki, harness.ServerOpts{Mode: harness.HTTPConnect,
+				Extra: []string{"--graceful-shutdown-timeout=1s", "--native-mux=" + mux}})
+			a := harness.StartAgent(t, bins, s, harness.AgentOpts{Extra: []string{"--native-mux=" + mux}})
+			a.WaitReady(t)
+			s.WaitReady(t)
+			var conns []net.Conn
+			for i := range 5 {
+				conns = append(conns, echoConn(t, s, echo.Addr(), fmt.Sprintf("idle %d", i)))
+			}
+			s.Signal(syscall.SIGTERM)
+			if err := s.Wait(15 * time.Second); err != nil {
+				t.Fatalf("server did not exit cleanly after its graceful shutdown timed out: %v", err)
+			}
+			for i, c := range conns {
+				_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
+				if n, err := c.Read(make([]byte, 1)); err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
+					t.Errorf("connection %d still open after the server exited: read %d, %v", i, n, err)
+				}
+			}
+			harness.WaitFor(t, 15*time.Second, "the backend's connections to close", func() bool { return echo.Open() == 0 })
+		})
+	}
+}

@@ -33,7 +33,7 @@ const (
 func xferCluster(t testing.TB, c pathCase, extra ...string) *harness.Server {
 	t.Helper()
 	pki := harness.NewPKI(t)
-	s := harness.StartServer(t, bins, pki, harness.ServerOpts{Mode: c.mode, Transport: c.transport, Extra: extra})
+	s := harness.StartServer(t, bins, pki, harness.ServerOpts{Mode: c.mode, Transport: c.transport, Extra: c.serverFlags(extra...)})
 	a := harness.StartAgent(t, bins, s, harness.AgentOpts{Extra: c.agentFlags(extra...)})
 	a.WaitReady(t)
 	s.WaitReady(t)
@@ -209,7 +209,7 @@ var (
 // backend to client (the backend closes after the last byte: the client must
 // read all of it, then EOF).
 func TestDataTransfer(t *testing.T) {
-	xferEach(t, allPaths, xferBigQueue(xferBigTransfer), func(t *testing.T, s *harness.Server, c pathCase) {
+	xferEach(t, append(allPaths, muxPaths...), xferBigQueue(xferBigTransfer), func(t *testing.T, s *harness.Server, c pathCase) {
 		t.Run("up-1MiB", func(t *testing.T) {
 			harness.LeakCheck(t)
 			xferUpload(t, s, 1*xferMiB, 32*xferKiB+1, time.Minute)
@@ -236,7 +236,7 @@ func TestDataTransfer(t *testing.T) {
 // at the same time, and checks every byte: 100 MiB on two paths, 8 MiB on
 // the others.
 func TestDataEchoBothWays(t *testing.T) {
-	xferEach(t, allPaths, xferBigQueue(xferBigEcho), func(t *testing.T, s *harness.Server, path pathCase) {
+	xferEach(t, append(allPaths, muxPaths...), xferBigQueue(xferBigEcho), func(t *testing.T, s *harness.Server, path pathCase) {
 		n, timeout := int64(8*xferMiB), time.Minute
 		if xferIn(path, xferBigEcho) {
 			n, timeout = 100*xferMiB, 3*time.Minute
@@ -266,7 +266,7 @@ func TestDataEchoBothWays(t *testing.T) {
 // uses konnectivity-client's reusable tunnel (one gRPC connection, one stream
 // per dial); HTTP CONNECT uses one connection per dial.
 func TestDataConcurrentConnections(t *testing.T) {
-	xferEach(t, allPaths, nil, func(t *testing.T, s *harness.Server, _ pathCase) {
+	xferEach(t, append(allPaths, muxPaths...), nil, func(t *testing.T, s *harness.Server, _ pathCase) {
 		const n = 200
 		ctx := xferCtx(t, 90*time.Second)
 		b := harness.StartBackend(t, harness.Echo)
@@ -365,7 +365,7 @@ func TestDataConcurrentConnections(t *testing.T) {
 // pairwise paths: on gRPC, a close mid-download leaves konnectivity-client
 // waiting out its 10 s read timeout, which the leak check waits for.
 func TestDataClose(t *testing.T) {
-	xferEach(t, pairwisePaths, nil, func(t *testing.T, s *harness.Server, _ pathCase) {
+	xferEach(t, append(pairwisePaths, muxPaths...), nil, func(t *testing.T, s *harness.Server, _ pathCase) {
 		// The backend sends an odd-sized answer and closes: the client reads
 		// all of it, then EOF.
 		t.Run("backend-first", func(t *testing.T) {

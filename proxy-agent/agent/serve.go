@@ -27,10 +27,7 @@ func (a *Agent) serveLink(ctx context.Context, h *heldLink) {
 			return
 		}
 		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			a.serve(r, log)
-		}()
+		go a.serve(r, log, wg.Done)
 	}
 }
 
@@ -50,20 +47,32 @@ type dialed struct {
 }
 
 // serve answers one dial request, whichever link it came on: policy, dial,
-// answer, splice, metrics. It is the only place the agent does this.
+// answer, splice, metrics. It is the only place the agent does this. done
+// is called once the connection has ended.
 //
-// This goroutine then copies for the connection's whole life, mostly
-// waiting; an idle connection costs mostly its stack. The runtime halves
-// a waiting goroutine's stack at a GC while it uses under a quarter of it,
-// so the frames under the wait are kept small: the setup and the end run
-// in functions of their own (accept grows deep stacks, and its frame
-// would stay beneath the wait).
-func (a *Agent) serve(r link.Request, log *slog.Logger) {
+// A tunneled connection that can tell when it has bytes (the native link
+// over --native-mux=isthmus) is spliced with no goroutine while idle, and
+// this goroutine ends at once. Otherwise it copies for the connection's
+// whole life, mostly waiting: an idle connection costs mostly its stack.
+// The runtime halves a waiting goroutine's stack at a GC while it uses
+// under a quarter of it, so the frames under the wait are kept small: the
+// setup and the end run in functions of their own (accept grows deep
+// stacks, and its frame would stay beneath the wait).
+func (a *Agent) serve(r link.Request, log *slog.Logger, done func()) {
 	c, backend := a.accept(r, log)
 	if c == nil {
+		done()
+		return
+	}
+	if as, ok := splice.NewAsync(c, backend); ok {
+		as.Start(func(res splice.Result) {
+			a.finished(res, r, log)
+			done()
+		})
 		return
 	}
 	a.finished(splice.Splice(c, backend), r, log)
+	done()
 }
 
 // accept dials r's backend and accepts r: the tunneled connection and the

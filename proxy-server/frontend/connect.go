@@ -53,7 +53,7 @@ type Connect struct {
 
 	clients clientLimit
 	mu      sync.Mutex
-	conns   map[net.Conn]struct{}
+	conns   map[net.Conn]func() // live connections, and how to close each (nil: its Close)
 	closed  bool
 	wg      sync.WaitGroup
 }
@@ -102,9 +102,9 @@ func (s *Connect) track(c net.Conn) bool {
 		return false
 	}
 	if s.conns == nil {
-		s.conns = make(map[net.Conn]struct{})
+		s.conns = make(map[net.Conn]func())
 	}
-	s.conns[c] = struct{}{}
+	s.conns[c] = nil
 	s.wg.Add(1)
 	return true
 }
@@ -116,12 +116,29 @@ func (s *Connect) untrack(c net.Conn) {
 	s.wg.Done()
 }
 
-// Close ends every live connection and waits for their goroutines.
+// closeWith makes closer the way Close ends c (an asynchronous splice must
+// close its socket itself); false if Close has begun.
+func (s *Connect) closeWith(c net.Conn, closer func()) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return false
+	}
+	s.conns[c] = closer
+	return true
+}
+
+// Close ends every live connection and waits for their goroutines (and
+// their asynchronous splices).
 func (s *Connect) Close() error {
 	s.mu.Lock()
 	s.closed = true
-	for c := range s.conns {
-		_ = c.Close()
+	for c, closer := range s.conns {
+		if closer != nil {
+			closer()
+		} else {
+			_ = c.Close()
+		}
 	}
 	s.mu.Unlock()
 	s.wg.Wait()
@@ -129,17 +146,37 @@ func (s *Connect) Close() error {
 }
 
 func (s *Connect) handle(c net.Conn) {
-	defer s.untrack(c)
+	tracked := func() {}
 	if s.Tracker != nil {
-		defer s.Tracker.Add()()
+		tracked = s.Tracker.Add()
+	}
+	end := func() {
+		tracked()
+		s.untrack(c)
 	}
 	client := clientOf(c)
 	tc := splice.OnOwnStack(func() net.Conn { return s.connect(c, client) })
 	if tc == nil {
+		end()
 		return
 	}
-	res := splice.Splice(c, tc)
-	s.Log.Debug("connection finished", "client", client, "toBackend", res.AtoB, "fromBackend", res.BtoA, "err", res.Err)
+	finished := func(res splice.Result) {
+		s.Log.Debug("connection finished", "client", client, "toBackend", res.AtoB, "fromBackend", res.BtoA, "err", res.Err)
+		end()
+	}
+	// A tunneled connection that can tell when it has bytes (the native
+	// link over --native-mux=isthmus) and a socket client are spliced
+	// with no goroutine while idle: this one ends here.
+	if as, ok := splice.NewAsync(c, tc); ok {
+		if !s.closeWith(c, as.Close) {
+			as.Close() // Close has begun: c is not served
+			end()
+			return
+		}
+		as.Start(finished)
+		return
+	}
+	finished(splice.Splice(c, tc))
 }
 
 // connect reads the CONNECT request, dials, and answers. It returns the

@@ -48,70 +48,141 @@ type Result struct {
 // semantics). Otherwise, and on any error, both connections are closed so the
 // other direction ends too: nothing outlives a finished connection.
 func Splice(a, b net.Conn) Result {
-	var (
-		res    Result
-		once   sync.Once
-		errMu  sync.Mutex
-		_, aHC = a.(HalfCloser)
-		_, bHC = b.(HalfCloser)
-	)
-	halfClose := aHC && bHC
-	closeBoth := func() {
-		once.Do(func() {
-			_ = a.Close()
-			_ = b.Close()
-		})
-	}
-	// end ends one direction, dst being the connection it wrote to.
-	end := func(dst net.Conn, readErr, err error) {
-		if readErr != nil && !isClosed(readErr) {
-			// src was cut, not closed: pass the abort on, so the peer
-			// behind dst does not take a truncated stream for a whole one.
-			abort(dst)
-		}
-		if err != nil && !isClosed(err) {
-			errMu.Lock()
-			if res.Err == nil {
-				res.Err = err
-			}
-			errMu.Unlock()
-		}
-		if err == nil && halfClose {
-			if cerr := dst.(HalfCloser).CloseWrite(); cerr == nil {
-				return
-			}
-		}
-		closeBoth()
-	}
+	p := newPair(a, b)
 	run := func(dst, src net.Conn, n *int64) {
 		var readErr, err error
 		*n, readErr, err = copyBuf(dst, src)
-		end(dst, readErr, err)
+		p.end(dst, readErr, err)
 	}
 	// A direction whose source can call back when it has bytes runs on a
 	// goroutine only while they come: an idle connection then holds one
 	// goroutine, this one, waiting on the other source.
 	switch {
 	case isNotifier(b):
-		done := startNotified(a, b, &res.BtoA, end)
-		run(b, a, &res.AtoB)
+		done := startNotified(a, b, &p.res.BtoA, p.end)
+		run(b, a, &p.res.AtoB)
 		<-done
 	case isNotifier(a):
-		done := startNotified(b, a, &res.AtoB, end)
-		run(a, b, &res.BtoA)
+		done := startNotified(b, a, &p.res.AtoB, p.end)
+		run(a, b, &p.res.BtoA)
 		<-done
 	default:
 		var wg sync.WaitGroup
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			run(b, a, &res.AtoB)
+			run(b, a, &p.res.AtoB)
 		}()
-		run(a, b, &res.BtoA) // one goroutine fewer per connection
+		run(a, b, &p.res.BtoA) // one goroutine fewer per connection
 		wg.Wait()
 	}
-	closeBoth()
-	return res
+	p.closeBoth()
+	return p.res
+}
+
+// Async splices a and b as Splice does, but holds no goroutine while both
+// are idle. It needs one of them to be a ReadNotifier and the other a TCP
+// or Unix socket, on Linux: an epoll set waits for idle sockets, and the
+// stream calls back.
+type Async struct {
+	p                 *pair
+	sock, stream      net.Conn
+	toSock, toStream  *int64 // the counts of each direction
+	startPolled, kick func()
+	left              atomic.Int32 // directions still copying
+	done              func(Result)
+}
+
+// NewAsync prepares an Async splice of a and b; ok = false for any other
+// pair than those Async takes (use Splice). From ok on, it owns a and b.
+func NewAsync(a, b net.Conn) (s *Async, ok bool) {
+	p := newPair(a, b)
+	s = &Async{p: p}
+	switch {
+	case isNotifier(b):
+		s.sock, s.stream, s.toStream, s.toSock = a, b, &p.res.AtoB, &p.res.BtoA
+	case isNotifier(a):
+		s.sock, s.stream, s.toStream, s.toSock = b, a, &p.res.BtoA, &p.res.AtoB
+	default:
+		return nil, false
+	}
+	rc, ok := pollable(s.sock)
+	if !ok {
+		return nil, false
+	}
+	s.startPolled, s.kick = newPolled(s.stream, rc, s.toStream, s.end)
+	p.kick = s.kick
+	return s, true
+}
+
+// Start starts copying; done is called once, with the result, when both
+// directions have ended and both connections are closed.
+func (s *Async) Start(done func(Result)) {
+	s.done = done
+	s.left.Store(2)
+	s.startPolled()
+	startNotified(s.sock, s.stream, s.toSock, s.end)
+}
+
+// Close ends the splice: both connections are closed, and done follows
+// (once Start was called). The socket must be closed only through Close:
+// closed under the epoll set's wait, it would never wake it.
+func (s *Async) Close() { s.p.closeBoth() }
+
+func (s *Async) end(dst net.Conn, readErr, err error) {
+	s.p.end(dst, readErr, err)
+	if s.left.Add(-1) == 0 {
+		s.p.closeBoth()
+		s.done(s.p.res)
+	}
+}
+
+// pair is what both directions of a splice share.
+type pair struct {
+	a, b      net.Conn
+	halfClose bool // both ends can half-close
+	once      sync.Once
+	kick      func() // wakes a direction waiting for a socket that closeBoth closed
+	errMu     sync.Mutex
+	res       Result
+}
+
+func newPair(a, b net.Conn) *pair {
+	_, aHC := a.(HalfCloser)
+	_, bHC := b.(HalfCloser)
+	return &pair{a: a, b: b, halfClose: aHC && bHC}
+}
+
+func (p *pair) closeBoth() {
+	p.once.Do(func() {
+		_ = p.a.Close()
+		_ = p.b.Close()
+		if p.kick != nil {
+			p.kick()
+		}
+	})
+}
+
+// end ends one direction, dst being the connection it wrote to.
+func (p *pair) end(dst net.Conn, readErr, err error) {
+	if readErr != nil && !isClosed(readErr) {
+		// src was cut, not closed: pass the abort on, so the peer
+		// behind dst does not take a truncated stream for a whole one.
+		abort(dst)
+	}
+	if err != nil && !isClosed(err) {
+		p.errMu.Lock()
+		if p.res.Err == nil {
+			p.res.Err = err
+		}
+		p.errMu.Unlock()
+	}
+	if err == nil && p.halfClose {
+		if cerr := dst.(HalfCloser).CloseWrite(); cerr == nil {
+			return
+		}
+	}
+	p.closeBoth()
 }
 
 // ReadNotifier is a connection that calls back when a Read would not wait

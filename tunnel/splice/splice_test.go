@@ -353,3 +353,175 @@ func TestNotifiedSourceIdlesWithoutGoroutine(t *testing.T) {
 		t.Fatalf("after the splice: %d goroutines copy, %d buffers held; want none", n, held)
 	}
 }
+
+// muxPair returns the two ends of one package mux stream over loopback
+// TCP: far is the tunnel's far end (the test writes and reads it), near
+// is what a splice gets.
+func muxPair(t *testing.T) (far, near *mux.Stream) {
+	t.Helper()
+	cc, sc := tcpPair(t)
+	cfg := &mux.Config{AcceptBacklog: 16, MaxStreamWindowSize: 256 << 10, ConnectionWriteTimeout: 10 * time.Second}
+	ms, err := mux.Client(cc, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = ms.Close() })
+	ss, err := mux.Server(sc, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = ss.Close() })
+	if far, err = ms.OpenStream(); err != nil {
+		t.Fatal(err)
+	}
+	if near, err = ss.AcceptStream(); err != nil {
+		t.Fatal(err)
+	}
+	return far, near
+}
+
+// goroutinesIn counts the goroutines whose stacks hold any of funcs.
+func goroutinesIn(funcs ...string) int {
+	buf := make([]byte, 1<<20)
+	n := 0
+	for _, g := range strings.Split(string(buf[:runtime.Stack(buf, true)]), "\n\n") {
+		for _, f := range funcs {
+			if strings.Contains(g, f) {
+				n++
+				break
+			}
+		}
+	}
+	return n
+}
+
+// TestAsyncIdlesWithNoGoroutine: Async splices a socket and a mux stream with no
+// goroutine at all while both are idle (the socket waits in the epoll set,
+// the stream calls back) and no buffer; bytes still move both ways, small
+// and bulk, a FIN travels, and done gets the counts once both ended. Close
+// wakes an idle socket's side; the epoll set's goroutine ends with the
+// last wait.
+func TestAsyncIdlesWithNoGoroutine(t *testing.T) {
+	copiers := func() int { return goroutinesIn("splice.copyBuf", "splice.(*notified).loop", "splice.(*polled).loop") }
+	// waitIdle waits until no goroutine copies, no buffer is held, and
+	// sockets sockets wait in the epoll set.
+	waitIdle := func(what string, sockets int) {
+		t.Helper()
+		deadline := time.Now().Add(10 * time.Second)
+		for copiers() != 0 || HeldBuffers() != 0 || idle.waiting() != sockets {
+			if time.Now().After(deadline) {
+				t.Fatalf("after %s: %d goroutines copy the idle connection, %d buffers held, %d sockets in the epoll set; want none, none and %d",
+					what, copiers(), HeldBuffers(), idle.waiting(), sockets)
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+	}
+	t.Run("traffic", func(t *testing.T) {
+		far, near := muxPair(t)
+		client, a := socketPair(t, "unix")
+		done := make(chan Result, 2)
+		as, ok := NewAsync(a, near)
+		if !ok {
+			t.Fatal("NewAsync declined a Unix socket and a mux stream")
+		}
+		as.Start(func(r Result) { done <- r })
+		roundTrip := func(n int) {
+			t.Helper()
+			msg := bytes.Repeat([]byte{'z'}, n)
+			go func() { _, _ = client.Write(msg) }()
+			got := make([]byte, n)
+			_ = far.SetReadDeadline(time.Now().Add(10 * time.Second))
+			if _, err := io.ReadFull(far, got); err != nil {
+				t.Fatalf("stream read %d: %v", n, err)
+			}
+			go func() { _, _ = far.Write(got) }()
+			back := make([]byte, n)
+			_ = client.SetReadDeadline(time.Now().Add(10 * time.Second))
+			if _, err := io.ReadFull(client, back); err != nil {
+				t.Fatalf("client read %d: %v", n, err)
+			}
+			if !bytes.Equal(back, msg) {
+				t.Fatalf("%d bytes came back changed", n)
+			}
+		}
+		waitIdle("the splice started", 1)
+		roundTrip(10)
+		waitIdle("a small round trip", 1)
+		roundTrip(8 << 20)
+		waitIdle("8 MiB each way", 1)
+		roundTrip(1)
+		waitIdle("a 1-byte round trip", 1)
+
+		// The stream's last bytes and FIN reach the client, and the
+		// splice ends (a mux stream has no half-close of its own, so the
+		// FIN ends both directions).
+		if _, err := far.Write([]byte("bye")); err != nil {
+			t.Fatal(err)
+		}
+		_ = far.Close()
+		_ = client.SetReadDeadline(time.Now().Add(10 * time.Second))
+		got, err := io.ReadAll(client)
+		if err != nil || string(got) != "bye" {
+			t.Fatalf("client read %q, %v after the stream's FIN; want \"bye\" then EOF", got, err)
+		}
+		var res Result
+		select {
+		case res = <-done:
+		case <-time.After(10 * time.Second):
+			t.Fatal("done not called after both directions ended")
+		}
+		if want := int64(10 + 8<<20 + 1); res.AtoB != want || res.BtoA != want+3 || res.Err != nil {
+			t.Fatalf("result %+v, want %d bytes up, %d down, no error", res, want, want+3)
+		}
+		client.Close()
+		waitIdle("the end", 0)
+		if len(done) != 0 {
+			t.Fatal("done called twice")
+		}
+	})
+	t.Run("closed-while-idle", func(t *testing.T) {
+		far, near := muxPair(t)
+		client, a := socketPair(t, "tcp")
+		defer client.Close()
+		done := make(chan Result, 1)
+		as, ok := NewAsync(a, near)
+		if !ok {
+			t.Fatal("NewAsync declined a TCP socket and a mux stream")
+		}
+		as.Start(func(r Result) { done <- r })
+		waitIdle("the splice started", 1)
+		as.Close()
+		// The socket's side ended at once: the client sees its close
+		// (below); the stream's Close is a half-close, which the far end
+		// answers with its own.
+		_ = far.SetReadDeadline(time.Now().Add(10 * time.Second))
+		if n, err := far.Read(make([]byte, 1)); err != io.EOF {
+			t.Fatalf("stream read after Close: %d, %v; want EOF", n, err)
+		}
+		_ = far.Close()
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+			t.Fatal("done not called after Close of an idle splice")
+		}
+		_ = client.SetReadDeadline(time.Now().Add(10 * time.Second))
+		if _, err := client.Read(make([]byte, 1)); err == nil {
+			t.Fatal("the client's connection is still open after Close")
+		}
+		deadline := time.Now().Add(10 * time.Second)
+		for idle.waiting() != 0 || goroutinesIn("(*idlePoller).loop") != 0 {
+			if time.Now().After(deadline) {
+				t.Fatalf("%d sockets wait and %d poller goroutines run after the last splice ended; want none", idle.waiting(), goroutinesIn("(*idlePoller).loop"))
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+	})
+	t.Run("declines", func(t *testing.T) {
+		a, b := socketPair(t, "tcp")
+		defer a.Close()
+		defer b.Close()
+		if _, ok := NewAsync(a, b); ok {
+			t.Fatal("NewAsync took two sockets (neither calls back when readable)")
+		}
+	})
+}
