@@ -10,7 +10,9 @@ import (
 	"net"
 	"os"
 	"sync"
+	"sync/atomic"
 	"syscall"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -185,56 +187,79 @@ func pollable(c net.Conn) (syscall.RawConn, bool) {
 
 // newPolled prepares copying the socket of rc to dst (see polled): start
 // starts it, kick is for closeBoth.
-func newPolled(dst net.Conn, rc syscall.RawConn, n *int64, end func(dst net.Conn, readErr, err error)) (start, kick func()) {
-	d := &polled{dst: dst, rc: rc, n: n, end: end}
+func newPolled(src, dst net.Conn, rc syscall.RawConn, n *int64, end func(dst net.Conn, readErr, err error)) (start, kick func()) {
+	d := &polled{src: src, dst: dst, rc: rc, n: n, end: end}
 	d.readFD = d.readRaw
 	d.resume = func() { go d.loop() }
-	return d.resume, d.kick
+	start = func() {
+		sweep.add(d)
+		d.resume()
+	}
+	return start, d.kick
 }
 
-// polled copies a socket to dst on a goroutine that runs only while the
-// socket has bytes: when a read finds none, it gives its buffer back,
-// hands the socket to the epoll set and ends; the socket's readiness
-// starts the next one.
+// polled copies a socket to dst. Between bursts its goroutine waits in
+// Go's poller, holding no buffer, as a connection in use should (a wake-up
+// there costs no system call). Once the socket has been idle for a sweep
+// period or two, the sweeper moves it to the epoll set and the goroutine
+// ends; the socket's readiness starts the next one.
 type polled struct {
+	src    net.Conn // the socket
 	dst    net.Conn
 	rc     syscall.RawConn
 	n      *int64
 	b      buffers
-	bulk   bool // the last read filled its buffer: read the next into a large one
 	added  bool // the socket is in the epoll set
 	resume func()
 	end    func(dst net.Conn, readErr, err error)
 
 	// A raw read's callback, made once, and what it reports.
 	readFD func(fd uintptr) bool
-	buf    []byte
 	nr     int
 	rerr   error
 
-	mu     sync.Mutex
-	tok    uint64 // the wait in the epoll set, 0 when none
-	closed bool   // kick was called: the socket is closed
+	active atomic.Bool // read since the sweeper last looked
+
+	mu       sync.Mutex
+	state    pollState
+	evicting bool   // the sweeper set a past read deadline to move it to the epoll set
+	tok      uint64 // the wait in the epoll set (stateEpoll)
+	closed   bool   // kick was called: the socket is closed
 }
 
-// loop copies what the socket has, then waits in the epoll set.
+type pollState int
+
+const (
+	stateRunning pollState = iota // a goroutine copies, or waits in Go's poller
+	stateEpoll                    // no goroutine: the socket waits in the epoll set
+	stateDone
+)
+
+// loop copies what the socket has, waiting in Go's poller between bursts,
+// until the copy ends or the sweeper moves the socket to the epoll set.
 func (d *polled) loop() {
 	d.mu.Lock()
-	d.tok = 0
+	if d.state == stateDone {
+		d.mu.Unlock()
+		return
+	}
+	d.state, d.tok = stateRunning, 0
 	d.mu.Unlock()
 	for {
-		d.buf = d.b.get(d.bulk)
-		// The callback never asks Go's poller to wait: an empty socket
-		// is waited for in the epoll set, with no goroutine.
+		// readRaw takes a buffer only when there are bytes: an idle
+		// connection waits without one.
 		if err := d.rc.Read(d.readFD); err != nil {
+			if errors.Is(err, os.ErrDeadlineExceeded) {
+				moved, merr := d.toEpoll()
+				if moved {
+					return
+				}
+				err = merr
+			}
 			d.finish(err, err) // closed
 			return
 		}
 		switch {
-		case d.rerr == syscall.EAGAIN:
-			d.b.release()
-			d.wait()
-			return
 		case d.rerr != nil:
 			err := os.NewSyscallError("read", d.rerr)
 			d.finish(err, err)
@@ -243,7 +268,9 @@ func (d *polled) loop() {
 			d.finish(nil, nil) // EOF
 			return
 		}
-		nw, werr := d.dst.Write(d.buf[:d.nr])
+		d.active.Store(true)
+		buf := d.b.buf()[:d.nr]
+		nw, werr := d.dst.Write(buf)
 		*d.n += int64(nw)
 		if werr == nil && nw != d.nr {
 			werr = io.ErrShortWrite
@@ -252,55 +279,148 @@ func (d *polled) loop() {
 			d.finish(nil, werr)
 			return
 		}
-		d.bulk = d.nr == len(d.buf) || (d.bulk && d.nr >= len(d.buf)/8)
-		if !d.bulk {
-			d.b.release()
+		full := d.nr == len(d.b.buf())
+		switch {
+		case full && !d.b.large: // bulk: grow
+			d.b.grow()
+		case !full:
+			d.b.release() // hold nothing while waiting
 		}
 	}
 }
 
+// readRaw reads into the buffer, taking one only once the socket has
+// bytes; with none, it gives the buffer back and lets Go's poller wait.
 func (d *polled) readRaw(fd uintptr) bool {
 	for {
-		d.nr, d.rerr = syscall.Read(int(fd), d.buf)
-		if d.rerr != syscall.EINTR {
-			return true
+		d.nr, d.rerr = syscall.Read(int(fd), d.b.buf())
+		switch d.rerr {
+		case syscall.EINTR:
+			continue
+		case syscall.EAGAIN:
+			d.b.release()
+			return false
 		}
+		return true
 	}
 }
 
-// wait hands the socket to the epoll set, or ends the copy if the socket
-// is closed or the set fails.
-func (d *polled) wait() {
+// toEpoll moves an evicted socket to the epoll set: moved, the goroutine
+// ends; else err ends the copy (the socket closed under it).
+func (d *polled) toEpoll() (moved bool, err error) {
 	d.mu.Lock()
-	if d.closed {
-		d.mu.Unlock()
-		d.finish(net.ErrClosed, net.ErrClosed)
-		return
+	defer d.mu.Unlock()
+	switch {
+	case d.closed:
+		return false, net.ErrClosed
+	case !d.evicting:
+		return false, os.ErrDeadlineExceeded // not ours: nothing else sets one
+	}
+	d.evicting = false
+	if err := d.src.SetReadDeadline(time.Time{}); err != nil {
+		return false, err
 	}
 	tok, err := idle.wait(d.rc, &d.added, d.resume)
-	if err == nil {
-		d.tok = tok
-	}
-	d.mu.Unlock()
 	if err != nil {
-		d.finish(err, err)
+		return false, err
 	}
+	d.state, d.tok = stateEpoll, tok
+	return true, nil
 }
 
-// kick ends a wait in the epoll set after the socket was closed under
-// it: the copy resumes, and finds the socket closed.
+// kick ends the copy's wait after the socket was closed under it: in the
+// epoll set, the copy resumes and finds the socket closed (in Go's poller,
+// the close itself wakes it).
 func (d *polled) kick() {
 	d.mu.Lock()
 	d.closed = true
 	tok := d.tok
+	waiting := d.state == stateEpoll
 	d.mu.Unlock()
-	if tok != 0 && idle.cancel(tok) {
+	if waiting && idle.cancel(tok) {
 		d.resume()
 	}
 }
 
+// evict makes a socket idle since the last sweep leave Go's poller for the
+// epoll set: a past read deadline wakes its goroutine (see toEpoll).
+func (d *polled) evict() {
+	if d.active.Swap(false) {
+		return
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.state != stateRunning || d.closed || d.evicting {
+		return
+	}
+	d.evicting = true
+	_ = d.src.SetReadDeadline(time.Unix(1, 0))
+}
+
 func (d *polled) finish(readErr, err error) {
+	d.mu.Lock()
+	d.state = stateDone
+	d.mu.Unlock()
+	sweep.remove(d)
 	d.b.release()
-	d.buf = nil
 	d.end(d.dst, readErr, err)
+}
+
+// sweepPeriod is how often the sweeper looks for sockets gone idle: one
+// idle for a whole period (one to two, from its last read) leaves Go's
+// poller for the epoll set. A connection in use (a request, its answer)
+// stays in Go's poller; one that pauses for longer moves, which costs a
+// few system calls, once. Short, so that goroutines parked in Go's poller
+// (and their stacks) do not pile up while many connections open at once.
+const sweepPeriod = 100 * time.Millisecond
+
+// sweeper moves idle sockets from Go's poller to the epoll set, so that
+// an idle connection holds no goroutine while one in use keeps the
+// cheaper wake-up of Go's poller. It runs on a timer, only while some
+// copy is registered.
+type sweeper struct {
+	mu     sync.Mutex
+	copies map[*polled]struct{}
+	timer  *time.Timer
+}
+
+var sweep sweeper
+
+func (s *sweeper) add(d *polled) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.copies == nil {
+		s.copies = make(map[*polled]struct{})
+	}
+	s.copies[d] = struct{}{}
+	if s.timer == nil {
+		s.timer = time.AfterFunc(sweepPeriod, s.run)
+	}
+}
+
+func (s *sweeper) remove(d *polled) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	delete(s.copies, d)
+	if len(s.copies) == 0 && s.timer != nil {
+		s.timer.Stop()
+		s.timer = nil
+	}
+}
+
+func (s *sweeper) run() {
+	s.mu.Lock()
+	copies := make([]*polled, 0, len(s.copies))
+	for d := range s.copies {
+		copies = append(copies, d)
+	}
+	s.mu.Unlock()
+	for _, d := range copies {
+		d.evict()
+	}
+	s.mu.Lock()
+	if s.timer != nil && len(s.copies) > 0 {
+		s.timer.Reset(sweepPeriod)
+	}
+	s.mu.Unlock()
 }

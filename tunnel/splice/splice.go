@@ -110,7 +110,7 @@ func NewAsync(a, b net.Conn) (s *Async, ok bool) {
 	if !ok {
 		return nil, false
 	}
-	s.startPolled, s.kick = newPolled(s.stream, rc, s.toStream, s.end)
+	s.startPolled, s.kick = newPolled(s.sock, s.stream, rc, s.toStream, s.end)
 	p.kick = s.kick
 	return s, true
 }
