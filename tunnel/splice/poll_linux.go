@@ -225,6 +225,7 @@ type polled struct {
 	evicting bool   // the sweeper set a past read deadline to move it to the epoll set
 	tok      uint64 // the wait in the epoll set (stateEpoll)
 	closed   bool   // kick was called: the socket is closed
+	pinned   bool   // the epoll set failed for it: it stays in Go's poller
 }
 
 type pollState int
@@ -253,6 +254,9 @@ func (d *polled) loop() {
 				moved, merr := d.toEpoll()
 				if moved {
 					return
+				}
+				if merr == nil {
+					continue // the epoll set failed: wait in Go's poller
 				}
 				err = merr
 			}
@@ -306,7 +310,9 @@ func (d *polled) readRaw(fd uintptr) bool {
 }
 
 // toEpoll moves an evicted socket to the epoll set: moved, the goroutine
-// ends; else err ends the copy (the socket closed under it).
+// ends; else err ends the copy (the socket closed under it), or, nil, the
+// copy goes on in Go's poller (the epoll set failed: this socket stays
+// there from now on).
 func (d *polled) toEpoll() (moved bool, err error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
@@ -322,11 +328,21 @@ func (d *polled) toEpoll() (moved bool, err error) {
 	}
 	tok, err := idle.wait(d.rc, &d.added, d.resume)
 	if err != nil {
-		return false, err
+		if cerr := d.rc.Control(func(uintptr) {}); cerr != nil {
+			return false, cerr // closed
+		}
+		d.pinned = true
+		epollFailed.Do(func() {
+			slog.Warn("splice: idle connections cannot wait in the epoll set; they keep a goroutine each (more memory, nothing lost)", "err", err)
+		})
+		return false, nil
 	}
 	d.state, d.tok = stateEpoll, tok
 	return true, nil
 }
+
+// epollFailed says once that the epoll set failed.
+var epollFailed sync.Once
 
 // kick ends the copy's wait after the socket was closed under it: in the
 // epoll set, the copy resumes and finds the socket closed (in Go's poller,
@@ -350,7 +366,7 @@ func (d *polled) evict() {
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	if d.state != stateRunning || d.closed || d.evicting {
+	if d.state != stateRunning || d.closed || d.evicting || d.pinned {
 		return
 	}
 	d.evicting = true
