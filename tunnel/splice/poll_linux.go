@@ -189,7 +189,7 @@ func pollable(c net.Conn) (syscall.RawConn, bool) {
 // starts it, kick is for closeBoth.
 func newPolled(src, dst net.Conn, rc syscall.RawConn, n *int64, end func(dst net.Conn, readErr, err error)) (start, kick func()) {
 	d := &polled{src: src, dst: dst, rc: rc, n: n, end: end}
-	d.readFD = d.readRaw
+	d.s = newSource(src, &d.b)
 	d.resume = func() { go d.loop() }
 	start = func() {
 		sweep.add(d)
@@ -213,10 +213,7 @@ type polled struct {
 	resume func()
 	end    func(dst net.Conn, readErr, err error)
 
-	// A raw read's callback, made once, and what it reports.
-	readFD func(fd uintptr) bool
-	nr     int
-	rerr   error
+	s *source // reads the socket, holding no buffer while it waits
 
 	active atomic.Bool // read since the sweeper last looked
 
@@ -247,10 +244,13 @@ func (d *polled) loop() {
 	d.state, d.tok = stateRunning, 0
 	d.mu.Unlock()
 	for {
-		// readRaw takes a buffer only when there are bytes: an idle
-		// connection waits without one.
-		if err := d.rc.Read(d.readFD); err != nil {
-			if errors.Is(err, os.ErrDeadlineExceeded) {
+		nr, err := d.s.read()
+		if err != nil {
+			switch {
+			case err == io.EOF:
+				d.finish(nil, nil)
+				return
+			case errors.Is(err, os.ErrDeadlineExceeded):
 				moved, merr := d.toEpoll()
 				if moved {
 					return
@@ -260,52 +260,26 @@ func (d *polled) loop() {
 				}
 				err = merr
 			}
-			d.finish(err, err) // closed
-			return
-		}
-		switch {
-		case d.rerr != nil:
-			err := os.NewSyscallError("read", d.rerr)
-			d.finish(err, err)
-			return
-		case d.nr == 0:
-			d.finish(nil, nil) // EOF
+			d.finish(err, err) // closed, or cut
 			return
 		}
 		d.active.Store(true)
-		buf := d.b.buf()[:d.nr]
-		nw, werr := d.dst.Write(buf)
+		nw, werr := d.dst.Write(d.b.buf()[:nr])
 		*d.n += int64(nw)
-		if werr == nil && nw != d.nr {
+		if werr == nil && nw != nr {
 			werr = io.ErrShortWrite
 		}
 		if werr != nil {
 			d.finish(nil, werr)
 			return
 		}
-		full := d.nr == len(d.b.buf())
+		full := nr == len(d.b.buf())
 		switch {
 		case full && !d.b.large: // bulk: grow
 			d.b.grow()
 		case !full:
 			d.b.release() // hold nothing while waiting
 		}
-	}
-}
-
-// readRaw reads into the buffer, taking one only once the socket has
-// bytes; with none, it gives the buffer back and lets Go's poller wait.
-func (d *polled) readRaw(fd uintptr) bool {
-	for {
-		d.nr, d.rerr = syscall.Read(int(fd), d.b.buf())
-		switch d.rerr {
-		case syscall.EINTR:
-			continue
-		case syscall.EAGAIN:
-			d.b.release()
-			return false
-		}
-		return true
 	}
 }
 

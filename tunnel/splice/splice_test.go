@@ -176,25 +176,7 @@ func TestIdleHoldsNoBuffer(t *testing.T) {
 					time.Sleep(5 * time.Millisecond)
 				}
 			}
-			roundTrip := func(n int) {
-				t.Helper()
-				msg := bytes.Repeat([]byte{'x'}, n)
-				go func() { _, _ = client.Write(msg) }()
-				got := make([]byte, n)
-				_ = backend.SetReadDeadline(time.Now().Add(10 * time.Second))
-				if _, err := io.ReadFull(backend, got); err != nil {
-					t.Fatalf("backend read %d: %v", n, err)
-				}
-				go func() { _, _ = backend.Write(got) }()
-				back := make([]byte, n)
-				_ = client.SetReadDeadline(time.Now().Add(10 * time.Second))
-				if _, err := io.ReadFull(client, back); err != nil {
-					t.Fatalf("client read %d: %v", n, err)
-				}
-				if !bytes.Equal(back, msg) {
-					t.Fatalf("%d bytes came back changed", n)
-				}
-			}
+			roundTrip := func(n int) { t.Helper(); echoThrough(t, client, backend, n) }
 			waitHeld(0)
 			roundTrip(10)
 			waitHeld(0)
@@ -265,26 +247,7 @@ func TestRawReadDoesNotAllocate(t *testing.T) {
 // bytes come; an idle connection holds only the goroutine of Splice's
 // caller, and no buffer. Bulk data still moves whole, both ways.
 func TestNotifiedSourceIdlesWithoutGoroutine(t *testing.T) {
-	cc, sc := tcpPair(t)
-	cfg := &mux.Config{AcceptBacklog: 16, MaxStreamWindowSize: 256 << 10, ConnectionWriteTimeout: 10 * time.Second}
-	ms, err := mux.Client(cc, cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ms.Close()
-	ss, err := mux.Server(sc, cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ss.Close()
-	far, err := ms.OpenStream() // the tunnel's far end: the test writes and reads it
-	if err != nil {
-		t.Fatal(err)
-	}
-	near, err := ss.AcceptStream()
-	if err != nil {
-		t.Fatal(err)
-	}
+	far, near := muxPair(t)
 	var _ ReadNotifier = near
 	client, a := socketPair(t, "tcp")
 	done := make(chan Result, 1)
@@ -311,25 +274,7 @@ func TestNotifiedSourceIdlesWithoutGoroutine(t *testing.T) {
 			time.Sleep(5 * time.Millisecond)
 		}
 	}
-	roundTrip := func(n int) {
-		t.Helper()
-		msg := bytes.Repeat([]byte{'y'}, n)
-		go func() { _, _ = far.Write(msg) }()
-		got := make([]byte, n)
-		_ = client.SetReadDeadline(time.Now().Add(10 * time.Second))
-		if _, err := io.ReadFull(client, got); err != nil {
-			t.Fatalf("client read %d: %v", n, err)
-		}
-		go func() { _, _ = client.Write(got) }()
-		back := make([]byte, n)
-		_ = far.SetReadDeadline(time.Now().Add(10 * time.Second))
-		if _, err := io.ReadFull(far, back); err != nil {
-			t.Fatalf("stream read %d: %v", n, err)
-		}
-		if !bytes.Equal(back, msg) {
-			t.Fatalf("%d bytes came back changed", n)
-		}
-	}
+	roundTrip := func(n int) { t.Helper(); echoThrough(t, far, client, n) }
 	waitIdle("the splice started")
 	roundTrip(10)
 	waitIdle("a small round trip")
@@ -425,25 +370,7 @@ func TestAsyncIdlesWithNoGoroutine(t *testing.T) {
 			t.Fatal("NewAsync declined a Unix socket and a mux stream")
 		}
 		as.Start(func(r Result) { done <- r })
-		roundTrip := func(n int) {
-			t.Helper()
-			msg := bytes.Repeat([]byte{'z'}, n)
-			go func() { _, _ = client.Write(msg) }()
-			got := make([]byte, n)
-			_ = far.SetReadDeadline(time.Now().Add(10 * time.Second))
-			if _, err := io.ReadFull(far, got); err != nil {
-				t.Fatalf("stream read %d: %v", n, err)
-			}
-			go func() { _, _ = far.Write(got) }()
-			back := make([]byte, n)
-			_ = client.SetReadDeadline(time.Now().Add(10 * time.Second))
-			if _, err := io.ReadFull(client, back); err != nil {
-				t.Fatalf("client read %d: %v", n, err)
-			}
-			if !bytes.Equal(back, msg) {
-				t.Fatalf("%d bytes came back changed", n)
-			}
-		}
+		roundTrip := func(n int) { t.Helper(); echoThrough(t, client, far, n) }
 		waitIdle("the splice started", 1)
 		roundTrip(10)
 		waitIdle("a small round trip", 1)
@@ -524,4 +451,26 @@ func TestAsyncIdlesWithNoGoroutine(t *testing.T) {
 			t.Fatal("NewAsync took two sockets (neither calls back when readable)")
 		}
 	})
+}
+
+// echoThrough sends n bytes from one end to the other, which sends them
+// back: both must arrive whole (each read bounded by 10 s).
+func echoThrough(t *testing.T, from, to net.Conn, n int) {
+	t.Helper()
+	msg := bytes.Repeat([]byte{'x'}, n)
+	go func() { _, _ = from.Write(msg) }()
+	got := make([]byte, n)
+	_ = to.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, err := io.ReadFull(to, got); err != nil {
+		t.Fatalf("read %d bytes on the way out: %v", n, err)
+	}
+	go func() { _, _ = to.Write(got) }()
+	back := make([]byte, n)
+	_ = from.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, err := io.ReadFull(from, back); err != nil {
+		t.Fatalf("read %d bytes on the way back: %v", n, err)
+	}
+	if !bytes.Equal(back, msg) {
+		t.Fatalf("%d bytes came back changed", n)
+	}
 }
