@@ -138,18 +138,23 @@ func TestServerGracefulShutdown(t *testing.T) {
 
 // TestShutdownEndsIdleConnections: when a server's graceful shutdown times
 // out, it ends the connections still open, idle ones included, and exits;
-// the agent then ends the backend's side of each. With --native-mux=isthmus
-// those connections are spliced with no goroutine while idle, and must be
-// ended all the same.
+// the agent then ends the backend's side of each. On both agent links; with
+// --native-mux=isthmus those connections are spliced with no goroutine
+// while idle, and must be ended all the same.
 func TestShutdownEndsIdleConnections(t *testing.T) {
-	for _, mux := range []string{"yamux", "isthmus"} {
-		t.Run(mux, func(t *testing.T) {
+	for _, v := range []struct{ link, mux string }{{"native", "yamux"}, {"native", "isthmus"}, {"anp", ""}} {
+		t.Run(strings.TrimSuffix(v.link+"/"+v.mux, "/"), func(t *testing.T) {
 			harness.LeakCheck(t)
 			pki := harness.NewPKI(t)
 			echo := harness.StartBackend(t, harness.Echo)
-			s := harness.StartServer(t, bins, pki, harness.ServerOpts{Mode: harness.HTTPConnect,
-				Extra: []string{"--graceful-shutdown-timeout=1s", "--native-mux=" + mux}})
-			a := harness.StartAgent(t, bins, s, harness.AgentOpts{Extra: []string{"--native-mux=" + mux}})
+			serverFlags := []string{"--graceful-shutdown-timeout=1s"}
+			agentFlags := []string{"--link=" + v.link}
+			if v.mux != "" { // the session layer at both ends
+				serverFlags = append(serverFlags, "--native-mux="+v.mux)
+				agentFlags = append(agentFlags, "--native-mux="+v.mux)
+			}
+			s := harness.StartServer(t, bins, pki, harness.ServerOpts{Mode: harness.HTTPConnect, Extra: serverFlags})
+			a := harness.StartAgent(t, bins, s, harness.AgentOpts{Extra: agentFlags})
 			a.WaitReady(t)
 			s.WaitReady(t)
 			var conns []net.Conn

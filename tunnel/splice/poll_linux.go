@@ -140,7 +140,7 @@ func (p *idlePoller) loop(epfd int) {
 			// Should not happen; if it does, wake every waiter: each
 			// reads its socket, finds it idle and waits again (a new
 			// loop, which may fail the same way and say so again).
-			slog.Error("splice: epoll_wait failed; idle connections are woken and wait again", "err", err)
+			slog.Error("splice: epoll_wait failed; idle connections are woken and wait again (nothing lost). If this repeats, report it with this error", "err", err)
 			for tok, f := range p.waiters {
 				delete(p.waiters, tok)
 				ready = append(ready, f)
@@ -307,7 +307,8 @@ func (d *polled) toEpoll() (moved bool, err error) {
 		}
 		d.pinned = true
 		epollFailed.Do(func() {
-			slog.Warn("splice: idle connections cannot wait in the epoll set; they keep a goroutine each (more memory, nothing lost)", "err", err)
+			slog.Warn("splice: idle connections cannot wait in the epoll set; they keep a goroutine each (more memory, nothing lost). "+
+				"Check the open-file limit (ulimit -n) and the kernel's epoll watch limit (sysctl fs.epoll.max_user_watches)", "err", err)
 		})
 		return false, nil
 	}

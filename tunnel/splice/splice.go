@@ -85,12 +85,12 @@ func Splice(a, b net.Conn) Result {
 // or Unix socket, on Linux: an epoll set waits for idle sockets, and the
 // stream calls back.
 type Async struct {
-	p                 *pair
-	sock, stream      net.Conn
-	toSock, toStream  *int64 // the counts of each direction
-	startPolled, kick func()
-	left              atomic.Int32 // directions still copying
-	done              func(Result)
+	p                *pair
+	sock, stream     net.Conn
+	toSock, toStream *int64 // the counts of each direction
+	startPolled      func()
+	left             atomic.Int32 // directions still copying
+	done             func(Result)
 }
 
 // NewAsync prepares an Async splice of a and b; ok = false for any other
@@ -110,8 +110,7 @@ func NewAsync(a, b net.Conn) (s *Async, ok bool) {
 	if !ok {
 		return nil, false
 	}
-	s.startPolled, s.kick = newPolled(s.sock, s.stream, rc, s.toStream, s.end)
-	p.kick = s.kick
+	s.startPolled, p.kick = newPolled(s.sock, s.stream, rc, s.toStream, s.end)
 	return s, true
 }
 
