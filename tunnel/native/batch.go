@@ -328,6 +328,7 @@ func (f *frameWriter) flush() {
 		}
 		batch := f.queue
 		f.queue, f.writing = f.spare[:0], true
+		f.cond.Broadcast() // a writer waiting for room gathers the next batch now
 		f.mu.Unlock()
 		err := f.write(nil, batch)
 		f.mu.Lock()
