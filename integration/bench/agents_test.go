@@ -102,7 +102,7 @@ func connectAgents(b *testing.B, bins harness.Binaries, pki *certs.Bundle, load 
 	b.Helper()
 	r := agentRow{target: tg.name, agents: n}
 	// BENCH_PROFILE_DIR: isthmus's server serves /debug/pprof, and its heap
-	// profile with the agents connected is saved there.
+	// and goroutine profiles with the agents connected are saved there.
 	profileDir := os.Getenv("BENCH_PROFILE_DIR")
 	var extra []string
 	var adminPort int
@@ -212,6 +212,10 @@ func connectAgents(b *testing.B, bins harness.Binaries, pki *certs.Bundle, load 
 		file := filepath.Join(profileDir, fmt.Sprintf("%s%s-%d.heap", tg.link, tg.mux, n))
 		if err := saveURL(fmt.Sprintf("http://127.0.0.1:%d/debug/pprof/heap", adminPort), file); err != nil {
 			b.Logf("heap profile of %s: %v", tg.name, err)
+		}
+		file = filepath.Join(profileDir, fmt.Sprintf("%s%s-%d.goroutines", tg.link, tg.mux, n))
+		if err := saveURL(fmt.Sprintf("http://127.0.0.1:%d/debug/pprof/goroutine?debug=1", adminPort), file); err != nil {
+			b.Logf("goroutine profile of %s: %v", tg.name, err)
 		}
 	}
 	return r

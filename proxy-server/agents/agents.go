@@ -148,11 +148,20 @@ func (s *Server) refused(kind, agentID, remote string, err error) {
 
 // serve makes b routable while run serves its link.
 func (s *Server) serve(ctx context.Context, b *routing.Backend, run func(context.Context) error) {
+	s.up(b)
+	s.down(b, run(ctx))
+}
+
+// up makes b routable, and counts its link.
+func (s *Server) up(b *routing.Backend) {
 	s.Registry.Add(b)
 	s.Metrics.linkUp(b.Kind)
+}
+
+// down says why b's link ended, and takes b out of routing.
+func (s *Server) down(b *routing.Backend, err error) {
 	defer s.Metrics.linkDown(b.Kind)
 	defer s.Registry.Remove(b)
-	err := run(ctx)
 	if errors.Is(err, native.ErrControlTooLarge) {
 		s.Limits.Hit(limits.ControlMessageBytes, "agent link ended: the agent sent a control message larger than --max-control-message-bytes (a protocol violation)",
 			"agent", b.AgentID, "link", b.Kind, "err", err)

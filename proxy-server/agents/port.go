@@ -17,7 +17,6 @@ import (
 	"isthmus.dev/tunnel/ident"
 	"isthmus.dev/tunnel/limits"
 	"isthmus.dev/tunnel/native"
-	"isthmus.dev/tunnel/splice"
 )
 
 // Port serves the agent port: one TLS listener where ALPN picks the link.
@@ -75,10 +74,15 @@ func (p *Port) Serve(ctx context.Context, ln net.Listener) error {
 		delay = 0
 		wg.Add(1)
 		go func() {
-			defer wg.Done()
 			// WrapRaw lets a native link batch its TLS records into few
 			// writes; the ANP link's writes pass straight through.
-			p.handshake(ctx, tls.Server(native.WrapRaw(c), cfg), grpcLn)
+			tc := tls.Server(native.WrapRaw(c), cfg)
+			if !p.handshake(ctx, tc, grpcLn) {
+				wg.Done()
+				return
+			}
+			// The link outlives this goroutine (ServeNative).
+			p.Agents.ServeNative(ctx, tc, p.Native, wg.Done)
 		}()
 	}
 	_ = grpcLn.Close()
@@ -89,15 +93,16 @@ func (p *Port) Serve(ctx context.Context, ln net.Listener) error {
 	return err
 }
 
-func (p *Port) handshake(ctx context.Context, tc *tls.Conn, grpcLn *chanListener) {
+// handshake completes an agent connection's TLS handshake. It reports
+// true for a native link, for the caller to serve; it hands an ANP link to
+// the gRPC server, and closes a connection that failed.
+func (p *Port) handshake(ctx context.Context, tc *tls.Conn, grpcLn *chanListener) (isNative bool) {
 	timeout := p.HandshakeTimeout
 	if timeout <= 0 {
 		timeout = DefaultHandshakeTimeout
 	}
 	hctx, cancel := context.WithTimeout(ctx, timeout)
-	// On a stack of its own: this goroutine then serves the agent's link
-	// for its whole life, and should not keep what a handshake grows.
-	err := splice.OnOwnStack(func() error { return tc.HandshakeContext(hctx) })
+	err := tc.HandshakeContext(hctx)
 	cancel()
 	switch {
 	case err != nil && errors.Is(err, context.DeadlineExceeded) && ctx.Err() == nil:
@@ -111,17 +116,20 @@ func (p *Port) handshake(ctx context.Context, tc *tls.Conn, grpcLn *chanListener
 		return
 	}
 	if tc.ConnectionState().NegotiatedProtocol == native.ALPN {
-		p.Agents.ServeNative(ctx, tc, p.Native)
-		return
+		return true
 	}
 	if !grpcLn.deliver(tc) {
 		_ = tc.Close()
 	}
+	return false
 }
 
-// ServeNative runs one native agent link for as long as it lives. A
-// refused agent is told why on the control stream (native.ServerOptions.Check).
-func (s *Server) ServeNative(ctx context.Context, conn net.Conn, cfg native.Config) {
+// ServeNative runs one native agent link for as long as it lives, and then
+// calls ended. It returns once the link is up (or refused: the agent is
+// told why on the control stream, see native.ServerOptions.Check); the
+// link then runs on its own (native.ServerLink.Start), so that an idle
+// agent on package mux holds no goroutine.
+func (s *Server) ServeNative(ctx context.Context, conn net.Conn, cfg native.Config, ended func()) {
 	var (
 		id      ident.Identifiers
 		agentID string
@@ -129,28 +137,23 @@ func (s *Server) ServeNative(ctx context.Context, conn net.Conn, cfg native.Conf
 		release func() // the agent id's claim on a link
 	)
 	remote := conn.RemoteAddr().String()
-	// The link's handshake (and a token review) on a stack of its own, as
-	// the TLS handshake: this goroutine then reads the link's control
-	// stream for its whole life.
-	l, err := onOwnStack2(func() (*native.ServerLink, error) {
-		return native.Accept(ctx, conn, native.ServerOptions{
-			ServerID: s.ServerID, ServerCount: s.ServerCount, Config: cfg, Log: s.Log,
-			// Check runs inside Accept, before the agent is told.
-			Check: func(ctx context.Context, h native.Hello) error {
-				agentID = h.AgentID
-				err := s.checkNative(ctx, h, &id)
-				if err != nil {
-					refused = true
-					s.refused(LinkNative, agentID, remote, err)
-					return err
-				}
-				if release, err = s.claim(agentID); err != nil {
-					refused = true
-					s.tooManyLinks(LinkNative, remote, err.(*LinkLimitError))
-				}
+	l, err := native.Accept(ctx, conn, native.ServerOptions{
+		ServerID: s.ServerID, ServerCount: s.ServerCount, Config: cfg, Log: s.Log,
+		// Check runs inside Accept, before the agent is told.
+		Check: func(ctx context.Context, h native.Hello) error {
+			agentID = h.AgentID
+			err := s.checkNative(ctx, h, &id)
+			if err != nil {
+				refused = true
+				s.refused(LinkNative, agentID, remote, err)
 				return err
-			},
-		})
+			}
+			if release, err = s.claim(agentID); err != nil {
+				refused = true
+				s.tooManyLinks(LinkNative, remote, err.(*LinkLimitError))
+			}
+			return err
+		},
 	})
 	if err != nil {
 		if release != nil {
@@ -159,10 +162,16 @@ func (s *Server) ServeNative(ctx context.Context, conn net.Conn, cfg native.Conf
 		if !refused {
 			s.handshakeFailed(agentID, remote, err, cfg)
 		}
+		ended()
 		return
 	}
-	defer release()
-	s.serve(ctx, &routing.Backend{AgentID: l.Hello().AgentID, Kind: LinkNative, Ident: id, Link: l}, l.Run)
+	b := &routing.Backend{AgentID: l.Hello().AgentID, Kind: LinkNative, Ident: id, Link: l}
+	s.up(b)
+	l.Start(ctx, func(err error) {
+		s.down(b, err)
+		release()
+		ended()
+	})
 }
 
 // handshakeFailed counts and logs a native link whose handshake failed:
@@ -256,16 +265,3 @@ func (handshaken) Info() credentials.ProtocolInfo {
 }
 func (h handshaken) Clone() credentials.TransportCredentials { return h }
 func (handshaken) OverrideServerName(string) error           { return nil }
-
-// onOwnStack2 is splice.OnOwnStack for a function with two results.
-func onOwnStack2[T any](f func() (T, error)) (T, error) {
-	type result struct {
-		v   T
-		err error
-	}
-	r := splice.OnOwnStack(func() result {
-		v, err := f()
-		return result{v, err}
-	})
-	return r.v, r.err
-}

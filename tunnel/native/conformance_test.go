@@ -14,7 +14,8 @@ import (
 // The link conformance suite over the native link: TLS on loopback, with
 // records batched as the agent does; with yamux at both ends (the
 // default), package mux at both ends, and one of each either way round
-// (the wire is the same).
+// (the wire is the same). The server link runs by Start, as the agent port
+// runs it.
 func TestConformance(t *testing.T) {
 	for _, v := range []struct{ name, server, agent string }{
 		{"native", MuxYamux, MuxYamux},
@@ -30,7 +31,7 @@ func TestConformance(t *testing.T) {
 				Name: v.name,
 				Caps: linktest.Caps{HalfClose: true, FlowControl: true, CutToAgent: true},
 				New: func(t testing.TB, _ linktest.Options) *linktest.Pair {
-					e := connect(t, so, ao, nil)
+					e := connectLinks(t, so, ao, nil, make(chan error, 1))
 					return &linktest.Pair{
 						Server: e.server, Agent: e.agent,
 						ServerActive: e.server.Active, AgentActive: e.agent.Active,
@@ -62,8 +63,15 @@ func (e *ends) cut() {
 // or the test's cleanup.
 func connect(t testing.TB, so ServerOptions, ao AgentOptions, dial link.DialFunc) *ends {
 	t.Helper()
+	return connectLinks(t, so, ao, dial, nil)
+}
+
+// connectLinks is connect; with started set, the server link runs by
+// Start rather than Run, and started receives Start's result when it ends.
+func connectLinks(t testing.TB, so ServerOptions, ao AgentOptions, dial link.DialFunc, started chan<- error) *ends {
+	t.Helper()
 	st, ct := linktest.TLS(t, ALPN)
-	ln, err := tls.Listen("tcp", "127.0.0.1:0", st)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -81,7 +89,8 @@ func connect(t testing.TB, so ServerOptions, ao AgentOptions, dial link.DialFunc
 			accepted <- res{nil, err}
 			return
 		}
-		l, err := Accept(ctx, c, so)
+		// As the agent port does: TLS over a RawConn.
+		l, err := Accept(ctx, tls.Server(WrapRaw(c), st), so)
 		accepted <- res{l, err}
 	}()
 	raw, conn := dialTLS(t, ln.Addr().String(), ct)
@@ -98,7 +107,11 @@ func connect(t testing.TB, so ServerOptions, ao AgentOptions, dial link.DialFunc
 	}
 	var wg sync.WaitGroup
 	wg.Add(2)
-	go func() { defer wg.Done(); _ = r.l.Run(ctx) }()
+	if started != nil {
+		r.l.Start(ctx, func(err error) { started <- err; wg.Done() })
+	} else {
+		go func() { defer wg.Done(); _ = r.l.Run(ctx) }()
+	}
 	go func() { defer wg.Done(); _ = al.Run(ctx) }()
 	if dial != nil {
 		wg.Add(1)

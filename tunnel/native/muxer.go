@@ -9,6 +9,7 @@ import (
 
 	"github.com/hashicorp/yamux"
 
+	"isthmus.dev/tunnel/idle"
 	"isthmus.dev/tunnel/native/mux"
 )
 
@@ -115,12 +116,22 @@ func (l *linkConn) init(c net.Conn) {
 
 func (l *linkConn) Read(p []byte) (int, error) {
 	n, err := l.Conn.Read(p)
-	if err != nil {
+	if err != nil && err != idle.ErrIdle { // ErrIdle ends no reading
 		cause := err // a copy: &err would put every Read's err on the heap
 		l.readErr.CompareAndSwap(nil, &cause)
 	}
 	return n, err
 }
+
+// EnableIdle, ReadIdle and WaitReadable let a session's reader leave while
+// the link is quiet (mux.IdleConn): see RawConn's.
+func (l *linkConn) EnableIdle() bool {
+	return l.raw != nil && l.raw.EnableIdle()
+}
+
+func (l *linkConn) ReadIdle(on bool) { l.raw.ReadIdle(on) }
+
+func (l *linkConn) WaitReadable(resume func()) (bool, error) { return l.raw.WaitReadable(resume) }
 
 // cause is the error that ended reading, or nil.
 func (l *linkConn) cause() error {

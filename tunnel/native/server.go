@@ -126,15 +126,26 @@ func (l *ServerLink) Hello() Hello { return l.hello }
 // Run serves the control stream until the link or ctx ends, then closes the
 // session; every connection of the link fails.
 func (l *ServerLink) Run(ctx context.Context) error {
-	return l.run(ctx, func(m ctl) error {
-		if m.T != msgDrain {
-			return fmt.Errorf("%w: unexpected %q from the agent", ErrProtocol, m.T)
-		}
-		if !l.draining.Swap(true) {
-			l.log.Info("agent is draining; new dials go to other agents")
-		}
-		return nil
-	})
+	return l.run(ctx, l.onMsg)
+}
+
+// Start serves the link as Run does, but returns at once and calls done
+// with Run's error once the link has ended. With package mux at this end,
+// the control stream is read only when it has bytes, so that an idle link
+// holds no goroutine (with yamux, a goroutine runs Run).
+func (l *ServerLink) Start(ctx context.Context, done func(error)) {
+	l.start(ctx, l.onMsg, done)
+}
+
+// onMsg handles the agent's control messages: only drain.
+func (l *ServerLink) onMsg(m ctl) error {
+	if m.T != msgDrain {
+		return fmt.Errorf("%w: unexpected %q from the agent", ErrProtocol, m.T)
+	}
+	if !l.draining.Swap(true) {
+		l.log.Info("agent is draining; new dials go to other agents")
+	}
+	return nil
 }
 
 // Done is closed when the link has ended.

@@ -132,19 +132,23 @@ func (s *session) endCuts() {
 // session.
 func (s *session) readControl(onMsg func(ctl) error) error {
 	for {
-		m, err := readCtl(s.ctrl, s.maxCtl)
-		if err != nil {
+		if err := s.readOne(onMsg); err != nil {
 			return err
 		}
-		switch m.T {
-		case msgAbort:
-			s.abort(m.Stream, m.Error == abortCut)
-		default:
-			if err := onMsg(m); err != nil {
-				return err
-			}
-		}
 	}
+}
+
+// readOne reads and handles one control message.
+func (s *session) readOne(onMsg func(ctl) error) error {
+	m, err := readCtl(s.ctrl, s.maxCtl)
+	if err != nil {
+		return err
+	}
+	if m.T == msgAbort {
+		s.abort(m.Stream, m.Error == abortCut)
+		return nil
+	}
+	return onMsg(m)
 }
 
 // run serves the session until ctx ends or the session or its control
@@ -152,7 +156,39 @@ func (s *session) readControl(onMsg func(ctl) error) error {
 // caller's goroutine: a link costs no goroutine of its own beyond yamux's.
 func (s *session) run(ctx context.Context, onMsg func(ctl) error) error {
 	stop := context.AfterFunc(ctx, func() { _ = s.ys.Close() })
-	err := s.readControl(onMsg)
+	return s.finish(ctx, stop, s.readControl(onMsg))
+}
+
+// start serves the session as run does, but returns at once, and calls
+// done with run's error once the session has ended. On a control stream
+// that calls back when it has bytes (package mux), messages are read only
+// then: an idle link holds no goroutine. Otherwise a goroutine runs run.
+func (s *session) start(ctx context.Context, onMsg func(ctl) error, done func(error)) {
+	rn, ok := s.ctrl.(readNotifier)
+	if !ok {
+		go func() { done(s.run(ctx, onMsg)) }()
+		return
+	}
+	stop := context.AfterFunc(ctx, func() { _ = s.ys.Close() })
+	var step, resume func()
+	resume = func() { go step() }
+	// step reads what the control stream has, and leaves when it has
+	// nothing more (the stream calls resume when it has); a message cut
+	// in the middle is waited for here.
+	step = func() {
+		for !rn.NotifyReadable(resume) {
+			if err := s.readOne(onMsg); err != nil {
+				done(s.finish(ctx, stop, err))
+				return
+			}
+		}
+	}
+	step()
+}
+
+// finish closes the session after reading its control stream ended with
+// err, and returns why the link ended.
+func (s *session) finish(ctx context.Context, stop func() bool, err error) error {
 	switch {
 	case !stop():
 		err = context.Cause(ctx)

@@ -14,6 +14,7 @@ import (
 
 	"go.uber.org/goleak"
 
+	"isthmus.dev/tunnel/idle"
 	"isthmus.dev/tunnel/native/mux"
 )
 
@@ -353,10 +354,10 @@ func TestAsyncIdlesWithNoGoroutine(t *testing.T) {
 	waitIdle := func(what string, sockets int) {
 		t.Helper()
 		deadline := time.Now().Add(10 * time.Second)
-		for copiers() != 0 || HeldBuffers() != 0 || idle.waiting() != sockets {
+		for copiers() != 0 || HeldBuffers() != 0 || idle.Waiting() != sockets {
 			if time.Now().After(deadline) {
 				t.Fatalf("after %s: %d goroutines copy the idle connection, %d buffers held, %d sockets in the epoll set; want none, none and %d",
-					what, copiers(), HeldBuffers(), idle.waiting(), sockets)
+					what, copiers(), HeldBuffers(), idle.Waiting(), sockets)
 			}
 			time.Sleep(5 * time.Millisecond)
 		}
@@ -436,9 +437,9 @@ func TestAsyncIdlesWithNoGoroutine(t *testing.T) {
 			t.Fatal("the client's connection is still open after Close")
 		}
 		deadline := time.Now().Add(10 * time.Second)
-		for idle.waiting() != 0 || goroutinesIn("(*idlePoller).loop") != 0 {
+		for idle.Waiting() != 0 || goroutinesIn("idle.(*poller).loop") != 0 {
 			if time.Now().After(deadline) {
-				t.Fatalf("%d sockets wait and %d poller goroutines run after the last splice ended; want none", idle.waiting(), goroutinesIn("(*idlePoller).loop"))
+				t.Fatalf("%d sockets wait and %d poller goroutines run after the last splice ended; want none", idle.Waiting(), goroutinesIn("idle.(*poller).loop"))
 			}
 			time.Sleep(5 * time.Millisecond)
 		}

@@ -41,6 +41,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"isthmus.dev/tunnel/idle"
 )
 
 const (
@@ -105,7 +107,31 @@ type Session struct {
 	shutdownErr error      // set before shutdownCh is closed
 	shutdownCh  chan struct{}
 	recvDone    chan struct{}
+
+	idle   IdleConn // conn, when its reader may leave while it is quiet; else nil
+	resume func()   // starts the receive goroutine again (idle)
 }
+
+// An IdleConn is a connection whose reader may leave, rather than wait,
+// while the connection is quiet (package idle): a session on one holds no
+// goroutine between frames once the connection has been idle a while.
+//   - EnableIdle reports whether it can; the session calls it once, before
+//     reading.
+//   - Between ReadIdle(true) and ReadIdle(false) (the session reads a
+//     frame's first bytes), a Read may return idle.ErrIdle instead of
+//     waiting, having consumed nothing.
+//   - WaitReadable then arranges for resume to be called once a Read would
+//     not wait, or the connection is closed; parked false with no error
+//     means it cannot, and the reader reads on.
+type IdleConn interface {
+	EnableIdle() bool
+	ReadIdle(on bool)
+	WaitReadable(resume func()) (parked bool, err error)
+}
+
+// errParked ends a receive goroutine whose connection waits to be readable
+// (IdleConn): another starts when it is.
+var errParked = errors.New("mux: the receive goroutine left an idle connection")
 
 // Client starts a session on conn as the client end (odd stream ids).
 func Client(conn io.ReadWriteCloser, cfg *Config) (*Session, error) {
@@ -132,6 +158,10 @@ func newSession(conn io.ReadWriteCloser, cfg *Config, firstID uint32) (*Session,
 		recvDone:   make(chan struct{}),
 	}
 	s.room.L = &s.wmu
+	if ic, ok := conn.(IdleConn); ok && ic.EnableIdle() {
+		s.idle = ic
+		s.resume = func() { go s.recv() }
+	}
 	go s.recv()
 	return s, nil
 }
@@ -538,6 +568,9 @@ func (s *Session) sendUrgent(typ uint8, flags uint16, id, length uint32) error {
 // protocol, then closes the session.
 func (s *Session) recv() {
 	err := s.recvLoop()
+	if err == errParked {
+		return // resume starts another
+	}
 	close(s.recvDone) // before closeWith, which a Close may be running: it waits for this
 	s.wmu.Lock()
 	werr := s.werr
@@ -556,7 +589,7 @@ func (s *Session) recv() {
 func (s *Session) recvLoop() error {
 	var h header
 	for {
-		if _, err := io.ReadFull(s.conn, h[:]); err != nil {
+		if err := s.readHeader(&h); err != nil {
 			return err
 		}
 		if v := h[0]; v != protoVersion {
@@ -577,6 +610,40 @@ func (s *Session) recvLoop() error {
 			return err
 		}
 	}
+}
+
+// readHeader reads a frame's header. On an IdleConn, its first read may
+// find the connection idle: the goroutine then leaves (errParked), and
+// resume starts another once the connection is readable.
+func (s *Session) readHeader(h *header) error {
+	n := 0
+	if s.idle != nil {
+		s.idle.ReadIdle(true)
+		var err error
+		n, err = s.conn.Read(h[:])
+		s.idle.ReadIdle(false)
+		switch {
+		case n == 0 && err == idle.ErrIdle:
+			parked, err := s.idle.WaitReadable(s.resume)
+			if err != nil {
+				return err
+			}
+			if parked {
+				return errParked
+			}
+		case n == len(h):
+			return nil
+		case err == io.EOF && n > 0:
+			return io.ErrUnexpectedEOF
+		case err != nil:
+			return err
+		}
+	}
+	_, err := io.ReadFull(s.conn, h[n:])
+	if err == io.EOF && n > 0 {
+		err = io.ErrUnexpectedEOF
+	}
+	return err
 }
 
 func (s *Session) handleStream(h *header) error {
