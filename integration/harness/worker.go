@@ -152,6 +152,7 @@ func newVethNamespace(t testing.TB, nftRules string) *Blackhole {
 	bhRun(t, "ip", "-n", b.Name, "addr", "add", netip.PrefixFrom(b.NSAddr, 30).String(), "dev", nsIf)
 	bhRun(t, "ip", "-n", b.Name, "link", "set", nsIf, "up")
 	bhRun(t, "ip", "-n", b.Name, "link", "set", "lo", "up")
+	separateEphemeralPorts(t, b.Name)
 	nft := exec.Command("ip", "netns", "exec", b.Name, "nft", "-f", "-")
 	nft.Stdin = strings.NewReader(nftRules)
 	if out, err := nft.CombinedOutput(); err != nil {
@@ -163,6 +164,29 @@ func newVethNamespace(t testing.TB, nftRules string) *Blackhole {
 		t.Fatalf("%s does not route to %s: %q", b.NSAddr, b.HostIf, out)
 	}
 	return b
+}
+
+// separateEphemeralPorts moves namespace ns's ephemeral ports above the
+// host's. Tests pick the ports of daemons they start in a namespace on the
+// host (FreePort: the host's ephemeral range; FreeRegisteredPort:
+// 20000-32767); in the namespace, a port the kernel hands out (a backend
+// listening on :0, the local end of a connection) could be one of them,
+// and the daemon then fails to bind it.
+func separateEphemeralPorts(t testing.TB, ns string) {
+	t.Helper()
+	const file = "/proc/sys/net/ipv4/ip_local_port_range"
+	b, err := os.ReadFile(file)
+	if err != nil {
+		t.Fatalf("the host's ephemeral ports: %v", err)
+	}
+	var low, high int
+	if _, err := fmt.Sscan(string(b), &low, &high); err != nil {
+		t.Fatalf("the host's ephemeral ports: %q: %v", b, err)
+	}
+	if high > 65535-1000 {
+		return // no room above: as before
+	}
+	bhRun(t, "ip", "netns", "exec", ns, "sh", "-c", fmt.Sprintf("echo %d 65535 > %s", high+1, file))
 }
 
 // addSlash30 picks a /30 no interface uses and has add put its first

@@ -35,8 +35,8 @@ func newLoopRig(t *testing.T, link, frontend string) *loopRig {
 	t.Helper()
 	pki := harness.NewPKI(t)
 	r := &loopRig{backend: harness.StartBackend(t, harness.Echo)}
-	r.server = harness.StartServer(t, bins, pki, harness.ServerOpts{Mode: frontend, Extra: profiled(t, "--admin-port")})
-	r.agent = harness.StartAgent(t, bins, r.server, harness.AgentOpts{Extra: append(profiled(t, "--admin-server-port"), "--link="+link)})
+	r.server = harness.StartServer(t, bins, pki, harness.ServerOpts{Mode: frontend, Extra: append(profiled(t, "--admin-port"), serverFlags(link)...)})
+	r.agent = harness.StartAgent(t, bins, r.server, harness.AgentOpts{Extra: append(profiled(t, "--admin-server-port"), agentFlags(link)...)})
 	r.server.WaitReady(t)
 	r.agent.WaitReady(t)
 	return r

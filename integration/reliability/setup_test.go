@@ -19,11 +19,27 @@ import (
 	"isthmus.dev/integration/harness"
 )
 
-// The links and the frontends.
+// The links and the frontends. "native-mux" is the native link with the
+// session layer of package mux at both ends (--native-mux=isthmus).
 var (
-	links     = []string{"native", "anp"}
+	links     = []string{"native", "native-mux", "anp"}
 	frontends = []string{harness.GRPC, harness.HTTPConnect}
 )
+
+// serverFlags and agentFlags are the daemons' flags for link.
+func serverFlags(link string) []string {
+	if link == "native-mux" {
+		return []string{"--native-mux=isthmus"}
+	}
+	return nil
+}
+
+func agentFlags(link string) []string {
+	if link == "native-mux" {
+		return []string{"--link=native", "--native-mux=isthmus"}
+	}
+	return []string{"--link=" + link}
+}
 
 // rig is a proxy-server on the host, a proxy-agent in a FaultNet's
 // namespace dialling the server's address on the pair, and an echo
@@ -73,7 +89,7 @@ func newRigParts(t *testing.T, n *harness.FaultNet, link string, hosts ...string
 func (r *rig) startServer(t *testing.T, frontend, addr string, port int, id string) *harness.Server {
 	t.Helper()
 	return harness.StartServer(t, bins, r.pki, harness.ServerOpts{Mode: frontend, Transport: harness.UDS, ID: id,
-		AgentPort: port, Extra: append(profiled(t, "--admin-port"), "--agent-bind-address="+addr)})
+		AgentPort: port, Extra: append(append(profiled(t, "--admin-port"), "--agent-bind-address="+addr), serverFlags(r.link)...)})
 }
 
 // startAgent starts the agent in the namespace, dialling hosts on the
@@ -81,7 +97,7 @@ func (r *rig) startServer(t *testing.T, frontend, addr string, port int, id stri
 func (r *rig) startAgent(t *testing.T, hosts string) *harness.Agent {
 	t.Helper()
 	return harness.StartAgent(t, bins, r.server, harness.AgentOpts{Hosts: hosts, Worker: r.net.Worker(),
-		Extra: append(profiled(t, "--admin-server-port"), "--link="+r.link)})
+		Extra: append(profiled(t, "--admin-server-port"), agentFlags(r.link)...)})
 }
 
 // agentGauge reads an unlabelled gauge of the agent, through the
