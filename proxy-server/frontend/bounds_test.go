@@ -174,6 +174,9 @@ func TestConnectHeaderTimeout(t *testing.T) {
 	const timeout = 300 * time.Millisecond
 	b := serveBounded(t, &Connect{Dialer: directDialer{}, HeaderTimeout: timeout})
 	for i, trickle := range []bool{true, false} {
+		// The server's clock starts when it accepts, which may be before
+		// Dial returns: ours starts before Dial.
+		start := time.Now()
 		c, err := net.Dial("tcp", b.addr)
 		if err != nil {
 			t.Fatal(err)
@@ -204,7 +207,6 @@ func TestConnectHeaderTimeout(t *testing.T) {
 				}
 			}()
 		}
-		start := time.Now()
 		code, answer := readAnswer(t, c)
 		took := time.Since(start)
 		close(stop)
