@@ -20,7 +20,10 @@ package idle
 
 import (
 	"log/slog"
+	"net"
 	"sync"
+	"sync/atomic"
+	"syscall"
 	"time"
 )
 
@@ -122,4 +125,125 @@ func logFailed(err error) {
 		slog.Warn("idle connections cannot wait in the epoll set; they keep a goroutine each (more memory, nothing lost). "+
 			"Check the open-file limit (ulimit -n) and the kernel's epoll watch limit (sysctl fs.epoll.max_user_watches)", "err", err)
 	})
+}
+
+// A Socket is one socket's reader as it moves between Go's poller and the
+// epoll set. Its owner reads the socket on one goroutine at a time and:
+//   - calls Active after a read that got bytes;
+//   - on a read that failed with os.ErrDeadlineExceeded, calls Evicted,
+//     which says whether that was the sweeper's deadline (now cleared);
+//   - when the reader may leave, calls Park: its goroutine then ends, and
+//     resume runs once the socket is readable, or closed;
+//   - calls Close once the socket is closed or its reader has ended for
+//     good: a parked reader resumes, and finds it closed.
+//
+// Watch it to have the sweeper evict it.
+type Socket struct {
+	conn   interface{ SetReadDeadline(time.Time) error }
+	rc     syscall.RawConn
+	active atomic.Bool // read since the sweeper last looked
+
+	mu       sync.Mutex
+	evicting bool   // the sweeper set a past read deadline to move the reader out
+	waiting  bool   // parked: the socket waits in the epoll set
+	tok      uint64 // that wait
+	resume   func() // its callback
+	added    bool   // the socket is in the epoll set
+	pinned   bool   // the epoll set failed: the reader stays in Go's poller
+	closed   bool
+}
+
+// NewSocket is the Socket of conn, whose raw connection is rc.
+func NewSocket(conn interface{ SetReadDeadline(time.Time) error }, rc syscall.RawConn) *Socket {
+	return &Socket{conn: conn, rc: rc}
+}
+
+// Active records a read with bytes: the next sweep leaves the reader be.
+func (s *Socket) Active() { s.active.Store(true) }
+
+// Evict, for the sweeper: a socket not read since the last sweep gets a
+// past read deadline, which wakes its reader in Go's poller.
+func (s *Socket) Evict() {
+	if s.active.Swap(false) {
+		return
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed || s.evicting || s.waiting || s.pinned {
+		return
+	}
+	s.evicting = true
+	_ = s.conn.SetReadDeadline(time.Unix(1, 0))
+}
+
+// Evicted handles a read's os.ErrDeadlineExceeded: ours reports whether it
+// was the sweeper's (its deadline is then cleared, and the reader may Park
+// or read on); an error, that the socket is closed.
+func (s *Socket) Evicted() (ours bool, err error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	switch {
+	case s.closed:
+		return false, net.ErrClosed
+	case !s.evicting:
+		return false, nil
+	}
+	s.evicting = false
+	if err := s.conn.SetReadDeadline(time.Time{}); err != nil {
+		return false, err
+	}
+	return true, nil
+}
+
+// Park arranges for resume to be called once the socket is readable (or
+// closed: see Close), on a goroutine it must not block; the reader's
+// goroutine then ends. parked false with no error means the epoll set
+// failed: read on, in Go's poller, from now on.
+func (s *Socket) Park(resume func()) (parked bool, err error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return false, net.ErrClosed
+	}
+	tok, ok, err := Wait(s.rc, &s.added, s.woken)
+	if !ok {
+		s.pinned = err == nil
+		return false, err
+	}
+	s.waiting, s.tok, s.resume = true, tok, resume
+	return true, nil
+}
+
+// Parked reports whether the reader is parked.
+func (s *Socket) Parked() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.waiting
+}
+
+// woken is the epoll set's callback: the reader resumes (not to be evicted
+// again before it reads).
+func (s *Socket) woken() {
+	s.active.Store(true)
+	s.mu.Lock()
+	resume := s.resume
+	s.waiting, s.resume = false, nil
+	s.mu.Unlock()
+	if resume != nil {
+		resume()
+	}
+}
+
+// Close ends the Socket's part: the sweeper no longer watches it, and a
+// parked reader resumes (to find its socket closed). It may be called more
+// than once.
+func (s *Socket) Close() {
+	Unwatch(s)
+	s.mu.Lock()
+	s.closed = true
+	tok, waiting := s.tok, s.waiting
+	s.mu.Unlock()
+	if waiting && Cancel(tok) {
+		s.woken()
+	}
 }

@@ -8,7 +8,6 @@ import (
 	"net"
 	"os"
 	"sync"
-	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -47,22 +46,8 @@ type RawConn struct {
 	// Idle reading (EnableIdle): the reader's goroutine may leave while
 	// the link is quiet, and the socket then waits in package idle's
 	// epoll set.
-	idleOn bool        // EnableIdle succeeded: the sweeper watches r
-	parkOK bool        // the reader may leave at this read (ReadIdle); its goroutine only
-	active atomic.Bool // read since the sweeper last looked
-	imu    sync.Mutex
-	state  idleState
-}
-
-// idleState is RawConn's part of idle reading, under imu.
-type idleState struct {
-	evicting bool   // the sweeper set a past read deadline to move the reader out
-	waiting  bool   // the socket waits in the epoll set; no goroutine reads
-	tok      uint64 // that wait
-	resume   func() // its callback
-	added    bool   // the socket is in the epoll set
-	pinned   bool   // the epoll set failed: the reader stays in Go's poller
-	closed   bool
+	idle   *idle.Socket // nil unless EnableIdle succeeded
+	parkOK bool         // the reader may leave at this read (ReadIdle); its goroutine only
 }
 
 // rawBufSize is the read and write buffer of a busy link: many TLS records
@@ -98,19 +83,21 @@ func (r *RawConn) Read(p []byte) (int, error) {
 			if err == nil {
 				break
 			}
-			if !r.idleOn || !errors.Is(err, os.ErrDeadlineExceeded) {
+			if r.idle == nil || !errors.Is(err, os.ErrDeadlineExceeded) {
 				return 0, err // closed, or a deadline
 			}
-			leave, err := r.evicted()
-			if err != nil {
+			ours, ierr := r.idle.Evicted()
+			switch {
+			case ierr != nil:
+				return 0, ierr
+			case !ours:
 				return 0, err
-			}
-			if leave {
+			case r.parkOK:
 				return 0, idle.ErrIdle
-			}
+			} // else, in a frame: read on
 		}
-		if r.idleOn {
-			r.active.Store(true)
+		if r.idle != nil {
+			r.idle.Active()
 		}
 		switch {
 		case r.rerr != nil:
@@ -160,8 +147,8 @@ func (r *RawConn) EnableIdle() bool {
 	if r.raw == nil || !idle.Supported {
 		return false
 	}
-	r.idleOn = true
-	idle.Watch(r)
+	r.idle = idle.NewSocket(r.Conn, r.raw)
+	idle.Watch(r.idle)
 	return true
 }
 
@@ -170,87 +157,20 @@ func (r *RawConn) EnableIdle() bool {
 // nothing of its own.
 func (r *RawConn) ReadIdle(on bool) { r.parkOK = on }
 
-// Evict, for the sweeper: a link not read since the last sweep gets a past
-// read deadline, which wakes its reader in Go's poller (see evicted).
-func (r *RawConn) Evict() {
-	if r.active.Swap(false) {
-		return
-	}
-	r.imu.Lock()
-	defer r.imu.Unlock()
-	if st := &r.state; st.closed || st.evicting || st.waiting || st.pinned {
-		return
-	}
-	r.state.evicting = true
-	_ = r.Conn.SetReadDeadline(time.Unix(1, 0))
-}
-
-// evicted handles a read's deadline: the sweeper's (leave if the reader
-// may, else read on), or another's (reported).
-func (r *RawConn) evicted() (leave bool, err error) {
-	r.imu.Lock()
-	defer r.imu.Unlock()
-	switch st := &r.state; {
-	case st.closed:
-		return false, net.ErrClosed
-	case !st.evicting:
-		return false, os.ErrDeadlineExceeded
-	}
-	r.state.evicting = false
-	if err := r.Conn.SetReadDeadline(time.Time{}); err != nil {
-		return false, err
-	}
-	return r.parkOK, nil
-}
-
 // WaitReadable, after a read returned idle.ErrIdle, arranges for resume to
-// be called once the socket is readable (or closed: Close calls it) on a
-// goroutine that must not block. parked false with no error means the
-// epoll set failed: read on, in Go's poller, from now on.
+// be called once the socket is readable (or closed) on a goroutine that
+// must not block. parked false with no error means the epoll set failed:
+// read on, in Go's poller, from now on.
 func (r *RawConn) WaitReadable(resume func()) (parked bool, err error) {
-	r.imu.Lock()
-	defer r.imu.Unlock()
-	st := &r.state
-	if st.closed {
-		return false, net.ErrClosed
-	}
-	tok, ok, err := idle.Wait(r.raw, &st.added, r.woken)
-	if !ok {
-		st.pinned = err == nil
-		return false, err
-	}
-	st.waiting, st.tok, st.resume = true, tok, resume
-	return true, nil
-}
-
-// woken is the epoll set's callback: the reader resumes (not to be
-// evicted again before it reads).
-func (r *RawConn) woken() {
-	r.active.Store(true)
-	r.imu.Lock()
-	resume := r.state.resume
-	r.state.waiting, r.state.resume = false, nil
-	r.imu.Unlock()
-	if resume != nil {
-		resume()
-	}
+	return r.idle.Park(resume)
 }
 
 // Close closes the connection; a reader waiting in the epoll set resumes,
 // and finds it closed.
 func (r *RawConn) Close() error {
 	err := r.Conn.Close()
-	if !r.idleOn {
-		return err
-	}
-	idle.Unwatch(r)
-	r.imu.Lock()
-	st := &r.state
-	st.closed = true
-	tok, waiting := st.tok, st.waiting
-	r.imu.Unlock()
-	if waiting && idle.Cancel(tok) {
-		r.woken()
+	if r.idle != nil {
+		r.idle.Close()
 	}
 	return err
 }

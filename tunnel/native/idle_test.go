@@ -128,11 +128,7 @@ func TestRawConnIdleReadsKeepTLSState(t *testing.T) {
 	}
 	defer client.Close()
 	defer server.Close()
-	waiting := func() bool {
-		raw.imu.Lock()
-		defer raw.imu.Unlock()
-		return raw.state.waiting
-	}
+	waiting := raw.idle.Parked
 
 	// Not allowed to leave: waits through several sweeps.
 	raw.ReadIdle(false)
