@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -36,9 +37,14 @@ type config struct {
 	holSecs   float64
 	pingSecs  float64 // one connection's round trips, one after another
 	holSetup  time.Duration
+	paths     *regexp.Regexp // BENCH_PATHS: the daemons' rows to run; all if nil
 }
 
-func benchConfig() config {
+// wants reports whether the row named name is to run (see BENCH_PATHS).
+// The direct path and the TLS floor always run: every ratio needs them.
+func (c config) wants(name string) bool { return c.paths == nil || c.paths.MatchString(name) }
+
+func benchConfig() (config, error) {
 	c := config{bytes: 256 << 20, rounds: 5, dials: 400, rrConns: 1000, rrSeconds: 5, idleConns: 1000, holSecs: 10, pingSecs: 2, holSetup: 20 * time.Second}
 	if os.Getenv("BENCH_QUICK") == "1" {
 		c = config{bytes: 32 << 20, rounds: 3, dials: 100, rrConns: 200, rrSeconds: 1, idleConns: 300, holSecs: 2, pingSecs: 0.5, holSetup: 5 * time.Second}
@@ -50,7 +56,13 @@ func benchConfig() config {
 	c.rrSeconds = float64(envInt("BENCH_RR_SECONDS", int(c.rrSeconds)))
 	c.idleConns = envInt("BENCH_IDLE_CONNS", c.idleConns)
 	c.holSecs = float64(envInt("BENCH_HOL_SECONDS", int(c.holSecs)))
-	return c
+	if re := os.Getenv("BENCH_PATHS"); re != "" {
+		var err error
+		if c.paths, err = regexp.Compile(re); err != nil {
+			return c, fmt.Errorf("BENCH_PATHS is a regular expression over the rows' names (such as 'mux|^anp'): %w", err)
+		}
+	}
+	return c, nil
 }
 
 func envInt(name string, def int) int {
@@ -71,6 +83,9 @@ type path struct {
 	metrics []string // the daemons' /metrics URLs
 	pprof   []string // with BENCH_PROFILE_DIR: the daemons' /debug/pprof URLs, server first
 	floor   bool     // the bare TLS relays
+	// dialProxy, when set, is where the path's dials go, by HTTP CONNECT
+	// (the floor's relays take dials on a socket of their own).
+	dialProxy string
 }
 
 // TestMain removes the binaries the benchmarks share (harness.Build builds
@@ -116,7 +131,10 @@ func (r *result) note(format string, a ...any) { r.notes = append(r.notes, fmt.S
 
 // BenchmarkTunnel prints the comparison tables. It runs once whatever b.N is.
 func BenchmarkTunnel(b *testing.B) {
-	cfg := benchConfig()
+	cfg, err := benchConfig()
+	if err != nil {
+		b.Fatal(err)
+	}
 	profileDir := os.Getenv("BENCH_PROFILE_DIR")
 	nofile, err := raiseNofile()
 	if err != nil {
@@ -131,7 +149,7 @@ func BenchmarkTunnel(b *testing.B) {
 	backend := startBackend(b, loadgen)
 	pki := harness.NewPKI(b)
 
-	paths := []*path{{name: "direct loopback TCP", via: "direct"}, startFloor(b, buildTool(b, tools, "tlsfloor"), pki, backend.addr)}
+	paths := []*path{{name: "direct loopback TCP", via: "direct"}, startFloor(b, buildTool(b, tools, "tlsfloor"), pki, backend.addr, cfg.dials)}
 	for _, v := range []struct {
 		impl harness.Impl
 		link string // our agent's --link; "" for upstream
@@ -140,6 +158,16 @@ func BenchmarkTunnel(b *testing.B) {
 		for _, mode := range []string{harness.HTTPConnect, harness.GRPC} {
 			// BENCH_PROFILE_DIR: the daemons serve /debug/pprof on their
 			// admin ports, for CPU profiles of round 1 (see profiler).
+			name := fmt.Sprintf("%s, %s", v.impl, mode)
+			switch {
+			case v.mux != "":
+				name = fmt.Sprintf("%s %s link (mux prototype), %s", v.impl, v.link, mode)
+			case v.link != "":
+				name = fmt.Sprintf("%s %s link, %s", v.impl, v.link, mode)
+			}
+			if !cfg.wants(name) {
+				continue
+			}
 			var sExtra, aExtra, pprof []string
 			if profileDir != "" {
 				port := harness.FreeRegisteredPort // upstream refuses ports above 49151
@@ -153,14 +181,11 @@ func BenchmarkTunnel(b *testing.B) {
 			}
 			s := harness.StartServer(b, bins, pki, harness.ServerOpts{Impl: v.impl, Mode: mode, Transport: harness.UDS, Extra: sExtra})
 			ao := harness.AgentOpts{Impl: v.impl, Extra: aExtra}
-			name := fmt.Sprintf("%s, %s", v.impl, mode)
 			if v.link != "" {
 				ao.Extra = append(ao.Extra, "--link="+v.link)
-				name = fmt.Sprintf("%s %s link, %s", v.impl, v.link, mode)
 			}
 			if v.mux != "" {
 				ao.Extra = append(ao.Extra, "--native-mux="+v.mux)
-				name = fmt.Sprintf("%s %s link (mux prototype), %s", v.impl, v.link, mode)
 			}
 			a := harness.StartAgent(b, bins, s, ao)
 			s.WaitReady(b)
@@ -230,9 +255,7 @@ func BenchmarkTunnel(b *testing.B) {
 		t0 = time.Now()
 		for _, i := range order {
 			lg.pingPong(paths[i], &res[i], cfg.pingSecs, r)
-			if !paths[i].floor {
-				lg.dials(paths[i], &res[i], cfg.dials, r)
-			}
+			lg.dials(paths[i], &res[i], cfg.dials, r)
 		}
 		dialT += time.Since(t0)
 		b.Logf("round %d of %d done", r+1, cfg.rounds)
@@ -265,8 +288,13 @@ func BenchmarkTunnel(b *testing.B) {
 		fmt.Printf("CPU profiles of round 1 (round trips, dials) of every daemon are in %s: go tool pprof -top <file>\n", profileDir)
 	}
 	fmt.Println()
-	if f, u := res[1].up.median(), res[2].up.median(); f > 0 && u > 0 {
-		b.ReportMetric(u/f, "native-connect-up/floor")
+	for i, p := range paths {
+		if p.name != "isthmus native link, http-connect" {
+			continue
+		}
+		if f, u := res[1].up.median(), res[i].up.median(); f > 0 && u > 0 {
+			b.ReportMetric(u/f, "native-connect-up/floor")
+		}
 	}
 }
 
@@ -349,12 +377,12 @@ func report(cfg config, paths []*path, res []result) string {
 	fmt.Fprintf(&sb, "\nLatency: one connection's 1 KiB round trips one after another for %.1f s (p50); dials: %d a round, one at a time, each from dial to the backend's first byte. CPU: server+agent µs per dial. Median of %d interleaved rounds (min-max):\n\n",
 		cfg.pingSecs, cfg.dials, cfg.rounds)
 	tw = tabwriter.NewWriter(&sb, 2, 4, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintf(tw, "path\tone-conn RT p50 µs\tvs floor\tvs ANP\tdial p50 ms\tvs ANP\tdial p99 ms\tCPU µs/dial\tvs ANP\tdial errors\t\n")
+	fmt.Fprintf(tw, "path\tone-conn RT p50 µs\tvs floor\tvs ANP\tdial p50 ms\tvs floor\tvs ANP\tdial p99 ms\tCPU µs/dial\tvs ANP\tdial errors\t\n")
 	for i, p := range paths {
 		r := res[i]
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t\n", p.name,
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t\n", p.name,
 			r.pingP50.spread("%.0f"), vsFloor(i, ping), vsANP(i, ping),
-			r.dialP50.spread("%.3f"), vsANP(i, dial50), r.dialP99.spread("%.3f"),
+			r.dialP50.spread("%.3f"), vsFloor(i, dial50), vsANP(i, dial50), r.dialP99.spread("%.3f"),
 			r.cpuPerDial.spread("%.0f"), vsANP(i, cpuDial), r.dialErrors)
 	}
 	tw.Flush()
@@ -389,7 +417,7 @@ func report(cfg config, paths []*path, res []result) string {
 		fmt.Fprintf(tw, "%s\t%d\t%v\t%v\t%s\t\n", p.name, h.trips, h.p99, h.gap, h.err)
 	}
 	tw.Flush()
-	fmt.Fprintf(&sb, "\nTLS floor: two relay processes that only copy (Unix socket -> TLS 1.3 over loopback TCP -> the backend), one TLS connection per tunneled connection, no multiplexing or dial protocol: what any TLS tunnel pays on this machine, in the same run. Its round trips ride connections it set up beforehand; it has no dial row.\n")
+	fmt.Fprintf(&sb, "\nTLS floor: two relay processes that only copy (Unix socket -> TLS 1.3 over loopback TCP -> the backend), one TLS connection per tunneled connection, no multiplexing or dial protocol: what any TLS tunnel pays on this machine, in the same run. Its round trips ride connections it set up beforehand. Its dials are the least a reverse tunnel's dial does: the relays read an HTTP CONNECT, send the address over a TLS connection to the far relay that was set up before the dial (as a tunnel's link is), the far relay dials the backend and answers one byte, and the near one answers \"200\": the same process hops as a tunnel's dial, and nothing else (its CPU per dial is not shown: it sets its connections up between dials).\n")
 	fmt.Fprintf(&sb, "vs floor: the path's figure over the floor's; vs ANP: an isthmus figure over upstream ANP's with the same frontend (http-connect or grpc). Above 1 is better for MB/s and RT/s, below 1 for CPU, latency and RSS.\n")
 	return sb.String()
 }

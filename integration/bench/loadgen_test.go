@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -166,25 +167,35 @@ type loadgenRunner struct {
 }
 
 // profile takes a CPU profile of each of p's daemons for the next seconds
-// into profileDir, when p serves /debug/pprof and this is round 1; wait
-// waits for them (and reports a failure as a note).
+// into profileDir, when p serves /debug/pprof and this is round 1, and an
+// execution trace as well (go tool trace) for the ops named in
+// BENCH_TRACE (a comma-separated list: rr, dials); wait waits for them
+// (and reports a failure as a note).
 func (lg *loadgenRunner) profile(p *path, res *result, op string, round int, seconds float64) (wait func()) {
 	if lg.profileDir == "" || len(p.pprof) == 0 || round != 0 {
 		return func() {}
 	}
 	slug := strings.NewReplacer(" ", "-", ",", "").Replace(p.name)
-	errs := make(chan error, len(p.pprof))
+	secs := max(1, int(seconds+0.5))
+	kinds := []string{"profile"}
+	if slices.Contains(strings.Split(os.Getenv("BENCH_TRACE"), ","), op) {
+		kinds = append(kinds, "trace")
+	}
+	errs := make(chan error, len(p.pprof)*len(kinds))
 	for k, u := range p.pprof {
 		who := []string{"server", "agent"}[k]
-		go func() {
-			url := fmt.Sprintf("%s/profile?seconds=%d", u, max(1, int(seconds+0.5)))
-			errs <- saveURL(url, filepath.Join(lg.profileDir, fmt.Sprintf("%s-%s-%s.pprof", slug, who, op)))
-		}()
+		for _, kind := range kinds {
+			ext := map[string]string{"profile": "pprof", "trace": "trace"}[kind]
+			go func() {
+				url := fmt.Sprintf("%s/%s?seconds=%d", u, kind, secs)
+				errs <- saveURL(url, filepath.Join(lg.profileDir, fmt.Sprintf("%s-%s-%s.%s", slug, who, op, ext)))
+			}()
+		}
 	}
 	return func() {
-		for range p.pprof {
+		for range cap(errs) {
 			if err := <-errs; err != nil {
-				res.note("CPU profile of %s: %v", op, err)
+				res.note("CPU profile or trace of %s: %v", op, err)
 			}
 		}
 	}
@@ -421,7 +432,18 @@ func (lg *loadgenRunner) pingPong(p *path, res *result, seconds float64, round i
 // dials makes n dials through p one at a time, and the daemons' CPU time
 // per dial.
 func (lg *loadgenRunner) dials(p *path, res *result, n, round int) {
-	c, _, err := lg.start(p, "dials", "--count="+strconv.Itoa(n))
+	if p.floor && p.dialProxy == "" {
+		return
+	}
+	dp := p
+	if p.dialProxy != "" {
+		if err := fillFloorPool(p.dialProxy); err != nil {
+			res.note("round %d dials: %v", round+1, err)
+			return
+		}
+		dp = &path{via: "connect", proxy: p.dialProxy}
+	}
+	c, _, err := lg.start(dp, "dials", "--count="+strconv.Itoa(n))
 	if err != nil {
 		res.note("round %d dials: %v", round+1, err)
 		return
@@ -450,7 +472,7 @@ func (lg *loadgenRunner) dials(p *path, res *result, n, round int) {
 	}
 	res.dialP50 = append(res.dialP50, float64(pct(lat, 50))/1e6)
 	res.dialP99 = append(res.dialP99, float64(pct(lat, 99))/1e6)
-	if p.procs != nil {
+	if p.procs != nil && !p.floor {
 		res.cpuPerDial = append(res.cpuPerDial, cpu*1e6/float64(len(lat)))
 	}
 }
@@ -502,20 +524,46 @@ func cpuSeconds(procs []*harness.Proc) float64 {
 	return total
 }
 
+// fillFloorPool has the floor's near relay set up its TLS connections to
+// the far one before the dials that take them (see tlsfloor).
+func fillFloorPool(sock string) error {
+	c, err := net.Dial("unix", sock)
+	if err != nil {
+		return fmt.Errorf("fill the floor's pool: %w", err)
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(2 * time.Minute))
+	if _, err := io.WriteString(c, "CONNECT fill.pool.tlsfloor:0 HTTP/1.1\r\n\r\n"); err != nil {
+		return fmt.Errorf("fill the floor's pool: %w", err)
+	}
+	line, err := bufio.NewReader(c).ReadString('\n')
+	if err != nil {
+		return fmt.Errorf("fill the floor's pool: %w", err)
+	}
+	if !strings.HasPrefix(line, "HTTP/1.1 204") {
+		return fmt.Errorf("fill the floor's pool: tlsfloor answered %q (its log says why)", strings.TrimSpace(line))
+	}
+	return nil
+}
+
 // startFloor starts the two tlsfloor relays (bin) in front of the backend
 // at addr.
-func startFloor(b *testing.B, bin string, pki *certs.Bundle, addr string) *path {
+func startFloor(b *testing.B, bin string, pki *certs.Bundle, addr string, dials int) *path {
 	b.Helper()
 	farAddr := net.JoinHostPort("127.0.0.1", strconv.Itoa(harness.FreePort(b)))
-	far := harness.Start(b, "tlsfloor-far", bin, "--role=far", "--listen="+farAddr, "--to="+addr,
+	farDials := net.JoinHostPort("127.0.0.1", strconv.Itoa(harness.FreePort(b)))
+	far := harness.Start(b, "tlsfloor-far", bin, "--role=far", "--listen="+farAddr, "--to="+addr, "--connect-listen="+farDials,
 		"--cert="+pki.AgentPortCert, "--key="+pki.AgentPortKey)
 	sockDir, err := os.MkdirTemp("", "isthmus-floor-") // short: socket paths are limited to 108 bytes
 	if err != nil {
 		b.Fatal(err)
 	}
 	b.Cleanup(func() { os.RemoveAll(sockDir) })
-	sock := filepath.Join(sockDir, "near.sock")
-	near := harness.Start(b, "tlsfloor-near", bin, "--role=near", "--listen="+sock, "--to="+farAddr, "--ca="+pki.CACert)
+	sock, dialSock := filepath.Join(sockDir, "near.sock"), filepath.Join(sockDir, "dials.sock")
+	// One pooled TLS connection per dial of a round: the pool tops itself
+	// up between rounds, never beside a dial.
+	near := harness.Start(b, "tlsfloor-near", bin, "--role=near", "--listen="+sock, "--to="+farAddr, "--ca="+pki.CACert,
+		"--connect-listen="+dialSock, "--dial-to="+farDials, "--pool="+strconv.Itoa(dials+16))
 	harness.WaitFor(b, 30*time.Second, "the tlsfloor relays", func() bool {
 		c, err := net.Dial("unix", sock)
 		if err != nil {
@@ -524,5 +572,5 @@ func startFloor(b *testing.B, bin string, pki *certs.Bundle, addr string) *path 
 		c.Close()
 		return true
 	})
-	return &path{name: "TLS floor: 2 relays, no mux", floor: true, via: "unix", proxy: sock, procs: []*harness.Proc{near, far}}
+	return &path{name: "TLS floor: 2 relays, no mux", floor: true, via: "unix", proxy: sock, dialProxy: dialSock, procs: []*harness.Proc{near, far}}
 }
