@@ -51,9 +51,11 @@ type streamConn struct {
 }
 
 // readNotifier is a stream that calls back when it has something to read
-// (package mux's; yamux's has no such call).
+// and takes writes that must not wait (package mux's; yamux's has
+// neither).
 type readNotifier interface {
 	NotifyReadable(f func()) bool
+	TryWrite(p []byte) (int, error)
 }
 
 // notifyConn is a streamConn whose stream calls back when it has something
@@ -67,6 +69,16 @@ type notifyConn struct {
 // NotifyReadable calls f once a Read would not wait (bytes, EOF, an error,
 // the read deadline, Close); it returns false if a Read would not wait now.
 func (c notifyConn) NotifyReadable(f func()) bool { return c.rn.NotifyReadable(f) }
+
+// TryWrite writes what of p the stream takes without waiting (see
+// splice.TryWriter); the write deadline holds as for Write.
+func (c notifyConn) TryWrite(p []byte) (int, error) {
+	if err := c.writeExpired(); err != nil {
+		return 0, err
+	}
+	n, err := c.rn.TryWrite(p)
+	return n, c.why(err)
+}
 
 // public is c as handed to the link's user: a notifyConn if its stream
 // can call back.
@@ -93,14 +105,22 @@ func (c *streamConn) WaitRead() error {
 // Write honours the write deadline itself: yamux looks at it only when the
 // stream's window is full.
 func (c *streamConn) Write(p []byte) (int, error) {
+	if err := c.writeExpired(); err != nil {
+		return 0, err
+	}
+	n, err := c.muxStream.Write(p)
+	return n, c.why(err)
+}
+
+// writeExpired is the error of a write past the write deadline.
+func (c *streamConn) writeExpired() error {
 	c.mu.Lock()
 	d := c.writeDeadline
 	c.mu.Unlock()
 	if !d.IsZero() && !time.Now().Before(d) {
-		return 0, c.why(os.ErrDeadlineExceeded)
+		return c.why(os.ErrDeadlineExceeded)
 	}
-	n, err := c.muxStream.Write(p)
-	return n, c.why(err)
+	return nil
 }
 
 // why says why a read or write failed: our Close, the peer's cut or abort,

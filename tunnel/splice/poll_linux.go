@@ -28,6 +28,10 @@ func pollable(c net.Conn) (syscall.RawConn, bool) {
 func newPolled(src, dst net.Conn, rc syscall.RawConn, n *int64, end func(dst net.Conn, readErr, err error)) (start, kick func()) {
 	d := &polled{dst: dst, n: n, end: end, sock: idle.NewSocket(src, rc)}
 	d.s = newSource(src, &d.b)
+	if tw, ok := dst.(TryWriter); ok {
+		d.tw, d.raw = tw, rc
+		d.burstFD = d.burstRead
+	}
 	d.resume = func() { go d.loop() }
 	start = func() {
 		idle.Watch(d.sock)
@@ -49,12 +53,28 @@ type polled struct {
 	end    func(dst net.Conn, readErr, err error)
 	s      *source // reads the socket, holding no buffer while it waits
 	sock   *idle.Socket
+
+	// With a dst that takes writes that must not wait, the copy runs in
+	// bursts (see burst): the socket's raw connection, the callback made
+	// once, and what a burst left.
+	tw       TryWriter
+	raw      syscall.RawConn
+	burstFD  func(fd uintptr) bool
+	rest     []byte // read, not taken by dst
+	readErr  error  // what ended reading (io.EOF at the end)
+	writeErr error  // what dst's TryWrite failed with
 }
 
 // loop copies what the socket has, waiting in Go's poller between bursts,
 // until the copy ends or the sweeper moves the socket to the epoll set.
 func (d *polled) loop() {
 	for {
+		if d.tw != nil {
+			if d.burstLoop() {
+				return
+			}
+			continue
+		}
 		nr, err := d.s.read()
 		if err != nil {
 			switch {
@@ -90,6 +110,94 @@ func (d *polled) loop() {
 			d.b.grow()
 		case !full:
 			d.b.release() // hold nothing while waiting
+		}
+	}
+}
+
+// burstLoop runs one burst and deals with what ended it: a write that
+// must wait, the end of the copy (done), or the sweeper's eviction.
+func (d *polled) burstLoop() (done bool) {
+	d.rest, d.readErr, d.writeErr = nil, nil, nil
+	err := d.raw.Read(d.burstFD)
+	switch {
+	case d.writeErr != nil:
+		d.finish(nil, d.writeErr)
+		return true
+	case d.readErr == io.EOF:
+		d.finish(nil, nil)
+		return true
+	case d.readErr != nil:
+		d.finish(d.readErr, d.readErr)
+		return true
+	case errors.Is(err, os.ErrDeadlineExceeded):
+		parked, perr := d.toEpoll()
+		if parked {
+			return true
+		}
+		if perr != nil {
+			d.finish(perr, perr)
+			return true
+		}
+		return false // the epoll set failed: wait in Go's poller
+	case err != nil:
+		d.finish(err, err) // closed
+		return true
+	}
+	// dst would have waited for the rest: write it the usual way.
+	nw, werr := d.dst.Write(d.rest)
+	*d.n += int64(nw)
+	if werr == nil && nw != len(d.rest) {
+		werr = io.ErrShortWrite
+	}
+	d.rest = nil
+	d.b.release()
+	if werr != nil {
+		d.finish(nil, werr)
+		return true
+	}
+	return false
+}
+
+// burstRead is the raw read callback of a burst: it reads the socket and
+// hands what it read to dst without waiting, for as long as dst takes it.
+// After a read that did not fill the buffer, the socket had no more: the
+// callback then lets Go's poller wait for its next bytes without the read
+// that would say so (EAGAIN). Within one RawConn.Read nothing resets the
+// poller's readiness, and its edge-triggered wake-up comes for any byte
+// that arrives after a read, so none is missed. It ends the burst (true)
+// at the end of reading, on an error, or when dst would have waited.
+func (d *polled) burstRead(fd uintptr) bool {
+	for {
+		buf := d.b.buf()
+		n, err := syscall.Read(int(fd), buf)
+		switch {
+		case err == syscall.EINTR:
+			continue
+		case err == syscall.EAGAIN:
+			d.b.release() // idle: wait for the poller without a buffer
+			return false
+		case err != nil:
+			d.readErr = os.NewSyscallError("read", err)
+			return true
+		case n == 0:
+			d.readErr = io.EOF
+			return true
+		}
+		d.sock.Active()
+		w, werr := d.tw.TryWrite(buf[:n])
+		*d.n += int64(w)
+		switch {
+		case werr != nil:
+			d.writeErr = werr
+			return true
+		case w < n:
+			d.rest = buf[w:n]
+			return true
+		case n < len(buf):
+			d.b.release()
+			return false
+		case !d.b.large: // bulk: grow
+			d.b.grow()
 		}
 	}
 }

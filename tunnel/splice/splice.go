@@ -192,6 +192,15 @@ type ReadNotifier interface {
 	NotifyReadable(f func()) bool
 }
 
+// TryWriter is a connection that takes writes that must not wait (a
+// native tunnel stream over package mux): TryWrite writes what of p it
+// can now, maybe nothing, and fails only as Write would. A socket copied
+// to one is read in bursts that save a system call per message (see
+// polled).
+type TryWriter interface {
+	TryWrite(p []byte) (int, error)
+}
+
 func isNotifier(c net.Conn) bool {
 	_, ok := c.(ReadNotifier)
 	return ok

@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -473,5 +474,109 @@ func echoThrough(t *testing.T, from, to net.Conn, n int) {
 	}
 	if !bytes.Equal(back, msg) {
 		t.Fatalf("%d bytes came back changed", n)
+	}
+}
+
+// stingy is a mux stream whose TryWrite takes little: every third call
+// nothing, else at most 700 bytes, so bursts end with bytes left for a
+// plain Write.
+type stingy struct {
+	*mux.Stream
+	calls atomic.Int64
+}
+
+func (s *stingy) TryWrite(p []byte) (int, error) {
+	switch n := s.calls.Add(1); {
+	case n%3 == 0:
+		return 0, nil
+	case len(p) > 700:
+		return s.Stream.TryWrite(p[:700])
+	}
+	return s.Stream.TryWrite(p)
+}
+
+// TestAsyncBursts: a socket copied to a stream that takes writes without
+// waiting is read in bursts that wait for the next bytes without a read
+// that says there are none. Nothing may be lost or reordered by that:
+// messages one at a time (each finds the socket drained), back-to-back
+// messages, and a stream that takes only part of each burst.
+func TestAsyncBursts(t *testing.T) {
+	start := func(t *testing.T, wrap func(*mux.Stream) net.Conn) (client net.Conn, far *mux.Stream, done chan Result) {
+		far, near := muxPair(t)
+		client, a := socketPair(t, "unix")
+		as, ok := NewAsync(a, wrap(near))
+		if !ok {
+			t.Fatal("NewAsync declined a Unix socket and a mux stream")
+		}
+		done = make(chan Result, 1)
+		as.Start(func(r Result) { done <- r })
+		return client, far, done
+	}
+	finish := func(t *testing.T, client net.Conn, far *mux.Stream, done chan Result, up int64) {
+		t.Helper()
+		_ = far.Close()
+		_ = client.SetReadDeadline(time.Now().Add(10 * time.Second))
+		if _, err := io.ReadAll(client); err != nil {
+			t.Fatalf("client after the stream's FIN: %v", err)
+		}
+		client.Close()
+		select {
+		case res := <-done:
+			if res.AtoB != up || res.Err != nil {
+				t.Fatalf("result %+v, want %d bytes up and no error", res, up)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatal("done not called after both directions ended")
+		}
+	}
+	plain := func(st *mux.Stream) net.Conn { return st }
+	t.Run("one-at-a-time", func(t *testing.T) {
+		client, far, done := start(t, plain)
+		var up int64
+		for i := range 500 {
+			n := 1 + (i*37)%3000
+			echoThrough(t, client, far, n)
+			up += int64(n)
+		}
+		finish(t, client, far, done, up)
+	})
+	// pattern is the stream of bytes the client sends: byte k is k mod 251.
+	pattern := func(off, n int) []byte {
+		b := make([]byte, n)
+		for i := range b {
+			b[i] = byte((off + i) % 251)
+		}
+		return b
+	}
+	for _, c := range []struct {
+		name string
+		wrap func(*mux.Stream) net.Conn
+	}{{"back-to-back", plain}, {"partial-takes", func(st *mux.Stream) net.Conn { return &stingy{Stream: st} }}} {
+		t.Run(c.name, func(t *testing.T) {
+			client, far, done := start(t, c.wrap)
+			const total = 4 << 20
+			go func() {
+				for off := 0; off < total; {
+					n := min(1+(off/7)%5000, total-off)
+					if _, err := client.Write(pattern(off, n)); err != nil {
+						return
+					}
+					off += n
+				}
+			}()
+			got := make([]byte, total)
+			_ = far.SetReadDeadline(time.Now().Add(30 * time.Second))
+			if _, err := io.ReadFull(far, got); err != nil {
+				t.Fatalf("far read: %v", err)
+			}
+			if want := pattern(0, total); !bytes.Equal(got, want) {
+				i := 0
+				for got[i] == want[i] {
+					i++
+				}
+				t.Fatalf("byte %d of %d: got %d, want %d (lost or reordered)", i, total, got[i], want[i])
+			}
+			finish(t, client, far, done, total)
+		})
 	}
 }

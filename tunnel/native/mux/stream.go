@@ -213,9 +213,27 @@ func (st *Stream) sendFlags() uint16 {
 func (st *Stream) Write(p []byte) (int, error) {
 	st.sendMu.Lock()
 	defer st.sendMu.Unlock()
+	return st.write(p, true)
+}
+
+// TryWrite writes what of p it can without waiting: for window, for room
+// in the session's buffer, or for another Write of this stream. It
+// returns how much it wrote (maybe 0, with a nil error) or why it could
+// not. Like Write, it may write the session's pending frames itself.
+func (st *Stream) TryWrite(p []byte) (int, error) {
+	if !st.sendMu.TryLock() {
+		return 0, nil
+	}
+	defer st.sendMu.Unlock()
+	return st.write(p, false)
+}
+
+// write writes p in frames; sendMu is held. Without wait it stops, with
+// no error, where it would have to wait.
+func (st *Stream) write(p []byte, wait bool) (int, error) {
 	total := 0
 	for total < len(p) {
-		n, flush, err := st.writeFrame(p[total:])
+		n, flush, err := st.writeFrame(p[total:], wait)
 		total += n
 		if err == nil && flush {
 			err = st.s.flush()
@@ -223,13 +241,17 @@ func (st *Stream) Write(p []byte) (int, error) {
 		if err != nil {
 			return total, err
 		}
+		if n == 0 {
+			break // !wait, and it would have to
+		}
 	}
 	return total, nil
 }
 
 // writeFrame pushes one data frame of p's first bytes, waiting for window
-// or for room in the session's buffer.
-func (st *Stream) writeFrame(p []byte) (n int, flush bool, err error) {
+// or for room in the session's buffer (without wait it returns n = 0
+// instead).
+func (st *Stream) writeFrame(p []byte, wait bool) (n int, flush bool, err error) {
 	st.mu.Lock()
 	for {
 		switch {
@@ -248,6 +270,9 @@ func (st *Stream) writeFrame(p []byte) (n int, flush bool, err error) {
 		}
 		if st.sendWindow == 0 {
 			st.mu.Unlock()
+			if !wait {
+				return 0, false, nil
+			}
 			select {
 			case <-st.sendCh:
 			case <-st.s.shutdownCh:
@@ -259,6 +284,9 @@ func (st *Stream) writeFrame(p []byte) (n int, flush bool, err error) {
 		flush, err = st.s.push(typeData, 0, st.id, uint32(n), p[:n], modeData)
 		if err == errFull {
 			st.mu.Unlock()
+			if !wait {
+				return 0, false, nil
+			}
 			if err = st.s.waitRoom(); err != nil {
 				return 0, false, err
 			}
