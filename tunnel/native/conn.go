@@ -56,6 +56,7 @@ type streamConn struct {
 type readNotifier interface {
 	NotifyReadable(f func()) bool
 	TryWrite(p []byte) (int, error)
+	ReadNow(p []byte) (int, error)
 }
 
 // notifyConn is a streamConn whose stream calls back when it has something
@@ -69,6 +70,10 @@ type notifyConn struct {
 // NotifyReadable calls f once a Read would not wait (bytes, EOF, an error,
 // the read deadline, Close); it returns false if a Read would not wait now.
 func (c notifyConn) NotifyReadable(f func()) bool { return c.rn.NotifyReadable(f) }
+
+// ReadNow reads what the stream holds without waiting (see
+// splice.NowReader): 0 and no error when it holds nothing.
+func (c notifyConn) ReadNow(p []byte) (int, error) { return c.rn.ReadNow(p) }
 
 // TryWrite writes what of p the stream takes without waiting (see
 // splice.TryWriter); the write deadline holds as for Write.

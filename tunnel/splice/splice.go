@@ -206,34 +206,132 @@ func isNotifier(c net.Conn) bool {
 	return ok
 }
 
+// NowReader is a ReadNotifier that hands over what it holds without
+// waiting and without writing anywhere (package mux's stream): ReadNow
+// returns 0 and no error when it holds nothing. Copied to a socket, its
+// bytes are then written by the goroutine that calls back, when the
+// socket takes them at once (see notified.deliver).
+type NowReader interface {
+	ReadNow(p []byte) (int, error)
+}
+
 // notified copies src, a ReadNotifier, to dst on a goroutine that runs
 // only while src has something to read: between bursts it ends, holding
 // no buffer, and src's callback starts the next one.
 type notified struct {
-	dst    net.Conn
-	src    net.Conn
-	rn     ReadNotifier
-	n      *int64
-	b      buffers
-	bulk   bool // the last read filled its buffer: read the next into a large one
-	resume func()
-	end    func(dst net.Conn, readErr, err error)
-	done   chan struct{}
+	dst     net.Conn
+	src     net.Conn
+	rn      ReadNotifier
+	n       *int64
+	b       buffers
+	bulk    bool // the last read filled its buffer: read the next into a large one
+	resume  func()
+	end     func(dst net.Conn, readErr, err error)
+	done    chan struct{}
+	now     NowReader       // src, if it can hand bytes over in the callback
+	raw     syscall.RawConn // dst's socket, written without waiting in the callback
+	pending []byte          // delivered but not taken by the socket: loop writes it first
+	nw      int             // what writeNow wrote
+	writeFD func(fd uintptr) bool
 }
+
+// deliverRounds bounds how many times a callback delivers before it
+// leaves the rest to a goroutine: it runs on the session's receive
+// goroutine, which other streams wait for.
+const deliverRounds = 4
 
 // startNotified starts copying src to dst; done is closed once the copy
 // ended (and end was called).
 func startNotified(dst, src net.Conn, n *int64, end func(dst net.Conn, readErr, err error)) (done <-chan struct{}) {
 	c := &notified{dst: dst, src: src, rn: src.(ReadNotifier), n: n, end: end, done: make(chan struct{})}
 	c.resume = func() { go c.loop() }
+	if now, ok := src.(NowReader); ok {
+		if rc, ok := pollable(dst); ok {
+			c.now, c.raw = now, rc
+			c.writeFD = c.writeRaw
+			c.resume = func() {
+				if !c.deliver() {
+					go c.loop()
+				}
+			}
+		}
+	}
 	go c.loop()
 	return c.done
+}
+
+// deliver runs in src's callback: it moves what src holds to the socket
+// while the socket takes it without waiting, and asks to be called
+// again. It reports false, having touched nothing the copy's goroutine
+// would not expect, when that goroutine must carry on: src is at its end
+// or failed (Read reports how), the socket would have waited (pending
+// holds what it did not take), or the callback delivered enough rounds.
+// Once it asked to be called again it touches nothing of c: another
+// goroutine may run the copy from then on.
+func (c *notified) deliver() bool {
+	for range deliverRounds {
+		if c.bulk {
+			return false // bulk goes by the goroutine's large buffers
+		}
+		buf := c.b.get(false)
+		n, _ := c.now.ReadNow(buf)
+		if n == 0 {
+			c.b.release()
+			return false // the end, an error or a deadline: Read says which
+		}
+		if w := c.writeNow(buf[:n]); w < n {
+			c.pending = buf[w:n] // the buffer stays held until loop wrote it
+			return false
+		}
+		c.b.release()
+		if c.rn.NotifyReadable(c.resume) {
+			return true
+		}
+	}
+	return false
+}
+
+// writeNow writes p to the socket without waiting and counts what it
+// wrote; an error writes nothing (loop's Write then meets it again).
+func (c *notified) writeNow(p []byte) int {
+	c.pending, c.nw = p, 0
+	_ = c.raw.Write(c.writeFD) // closed: nothing written
+	c.pending = nil
+	*c.n += int64(c.nw)
+	return c.nw
+}
+
+// writeRaw is writeNow's callback: one write, never a wait.
+func (c *notified) writeRaw(fd uintptr) bool {
+	for {
+		n, err := syscall.Write(int(fd), c.pending)
+		if err == syscall.EINTR {
+			continue
+		}
+		if n > 0 {
+			c.nw = n
+		}
+		return true
+	}
 }
 
 // loop copies what src has. Once src has nothing to read, it gives its
 // buffer back, asks to be called again and ends: from then on another
 // goroutine may run the copy, so nothing of c is touched after that.
 func (c *notified) loop() {
+	if c.pending != nil { // what deliver's socket did not take
+		nw, werr := c.dst.Write(c.pending)
+		*c.n += int64(nw)
+		if werr == nil && nw != len(c.pending) {
+			werr = io.ErrShortWrite
+		}
+		c.pending = nil
+		c.b.release()
+		if werr != nil {
+			c.finish(nil, werr)
+			return
+		}
+	}
 	for {
 		if c.rn.NotifyReadable(c.resume) {
 			return // a call that came early (a deadline moved later)

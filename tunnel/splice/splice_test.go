@@ -3,6 +3,7 @@ package splice
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"path/filepath"
@@ -513,6 +514,7 @@ func TestAsyncBursts(t *testing.T) {
 		return client, far, done
 	}
 	finish := func(t *testing.T, client net.Conn, far *mux.Stream, done chan Result, up int64) {
+		// up: the bytes the client sent
 		t.Helper()
 		_ = far.Close()
 		_ = client.SetReadDeadline(time.Now().Add(10 * time.Second))
@@ -547,6 +549,39 @@ func TestAsyncBursts(t *testing.T) {
 			b[i] = byte((off + i) % 251)
 		}
 		return b
+	}
+	// The other way, the stream's bytes are written to the socket by the
+	// callback while the socket takes them at once, else by a goroutine:
+	// a client that reads at once, and one that waits (the socket fills,
+	// and what the callback read but could not write goes first).
+	for _, pause := range []time.Duration{0, 300 * time.Millisecond} {
+		t.Run(fmt.Sprintf("to-socket-after-%v", pause), func(t *testing.T) {
+			client, far, done := start(t, plain)
+			const total = 4 << 20
+			go func() {
+				for off := 0; off < total; {
+					n := min(1+(off/7)%5000, total-off)
+					if _, err := far.Write(pattern(off, n)); err != nil {
+						return
+					}
+					off += n
+				}
+			}()
+			time.Sleep(pause)
+			got := make([]byte, total)
+			_ = client.SetReadDeadline(time.Now().Add(30 * time.Second))
+			if _, err := io.ReadFull(client, got); err != nil {
+				t.Fatalf("client read: %v", err)
+			}
+			if want := pattern(0, total); !bytes.Equal(got, want) {
+				i := 0
+				for got[i] == want[i] {
+					i++
+				}
+				t.Fatalf("byte %d of %d: got %d, want %d (lost or reordered)", i, total, got[i], want[i])
+			}
+			finish(t, client, far, done, 0)
+		})
 	}
 	for _, c := range []struct {
 		name string

@@ -1110,3 +1110,65 @@ func TestNotifyReadable(t *testing.T) {
 		}
 	})
 }
+
+// TestReadNowInCallback: a reader that only ever reads in its
+// NotifyReadable callback, with ReadNow, gets a transfer eight times the
+// window whole: the window updates ReadNow owes go out though the
+// callback never writes (it runs on the receive goroutine). ReadNow of a
+// stream with nothing buffered returns 0 and no error, also after the
+// peer's FIN (Read then says EOF). The writer is mux or yamux.
+func TestReadNowInCallback(t *testing.T) {
+	cfg := defaults
+	forEach(t, cfg, func(t *testing.T, p *pair) {
+		if _, ok := p.server.(muxSession); !ok {
+			t.Skip("the reading end is yamux's")
+		}
+		a, s := streamPair(t, p.client, p.server)
+		b := s.(*Stream)
+		if n, err := b.ReadNow(make([]byte, 8)); n != 0 || err != nil {
+			t.Fatalf("ReadNow with nothing buffered: %d, %v; want 0, nil", n, err)
+		}
+		msg := pattern(7, 8*int(cfg.window))
+		var got []byte // touched only by the callback, one at a time
+		done := make(chan struct{})
+		buf := make([]byte, 16<<10)
+		var f func()
+		f = func() {
+			for {
+				n, err := b.ReadNow(buf)
+				if err != nil {
+					t.Errorf("ReadNow: %v", err)
+				}
+				got = append(got, buf[:n]...)
+				if len(got) == len(msg) {
+					close(done)
+					return
+				}
+				if n == 0 || b.NotifyReadable(f) {
+					return // n == 0: not data (the test fails below)
+				}
+			}
+		}
+		if !b.NotifyReadable(f) {
+			t.Fatal("NotifyReadable refused with nothing to read")
+		}
+		go func() { _, _ = a.Write(msg) }()
+		select {
+		case <-done:
+		case <-time.After(30 * time.Second):
+			t.Fatalf("%d of %d bytes read by the callback; the writer waits for a window update", len(got), len(msg))
+		}
+		if !bytes.Equal(got, msg) {
+			t.Fatal("the bytes read by ReadNow differ from those written")
+		}
+		_ = a.Close()
+		_ = b.SetReadDeadline(time.Now().Add(10 * time.Second))
+		if _, err := b.Read(make([]byte, 1)); err != io.EOF {
+			t.Fatalf("Read after the peer's FIN: %v, want EOF", err)
+		}
+		if n, err := b.ReadNow(buf); n != 0 || err != nil {
+			t.Fatalf("ReadNow after the peer's FIN: %d, %v; want 0, nil", n, err)
+		}
+		_ = b.Close()
+	})
+}

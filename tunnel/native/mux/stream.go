@@ -112,6 +112,30 @@ func (st *Stream) Read(p []byte) (int, error) {
 	}
 }
 
+// ReadNow reads buffered bytes without waiting, and without writing to
+// the session's connection itself: a window update it owes goes out by a
+// goroutine of its own if nobody is writing. It returns 0 and no error
+// when nothing is buffered (Read would wait, or return EOF or an error).
+// A NotifyReadable callback, which must not block, may call it.
+func (st *Stream) ReadNow(p []byte) (int, error) {
+	st.mu.Lock()
+	if st.state == stateReset || st.buffered() == 0 {
+		st.mu.Unlock()
+		return 0, nil
+	}
+	n := copy(p, st.rbuf.b[st.roff:])
+	st.roff += n
+	if st.buffered() == 0 {
+		st.release()
+	}
+	flush, _ := st.updateWindow() // a failure fails the session, as in Read
+	st.mu.Unlock()
+	if flush {
+		_ = st.s.writeOut(0) // hands the write to a goroutine
+	}
+	return n, nil
+}
+
 // NotifyReadable arranges for f to be called once, as soon as Read would
 // not wait: data arrived, the peer's FIN or reset, the session's end, or
 // the read deadline. It returns false, and arranges nothing, if Read would
