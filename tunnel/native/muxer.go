@@ -18,6 +18,9 @@ import (
 // (Config.Mux). The native link uses only this much of either.
 type muxSession interface {
 	OpenStream() (muxStream, error)
+	// OpenStreamWith opens a stream and writes first on it (in one
+	// write with the SYN where the session layer can).
+	OpenStreamWith(first []byte) (muxStream, error)
 	AcceptStream() (muxStream, error)
 	Ping() (time.Duration, error)
 	Close() error
@@ -49,11 +52,27 @@ type yamuxSession struct{ *yamux.Session }
 func (s yamuxSession) OpenStream() (muxStream, error)   { return asStream(s.Session.OpenStream()) }
 func (s yamuxSession) AcceptStream() (muxStream, error) { return asStream(s.Session.AcceptStream()) }
 
+func (s yamuxSession) OpenStreamWith(first []byte) (muxStream, error) {
+	st, err := s.Session.OpenStream()
+	if err != nil {
+		return nil, err
+	}
+	if _, err := st.Write(first); err != nil {
+		_ = st.Close()
+		return nil, err
+	}
+	return st, nil
+}
+
 // isthmusSession adapts *mux.Session to muxSession.
 type isthmusSession struct{ *mux.Session }
 
 func (s isthmusSession) OpenStream() (muxStream, error)   { return asStream(s.Session.OpenStream()) }
 func (s isthmusSession) AcceptStream() (muxStream, error) { return asStream(s.Session.AcceptStream()) }
+
+func (s isthmusSession) OpenStreamWith(first []byte) (muxStream, error) {
+	return asStream(s.Session.OpenStreamWith(first))
+}
 
 // newMux starts the session layer of one end over conn (the link's TLS
 // connection): the client on the agent, the server on the proxy-server.

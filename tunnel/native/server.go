@@ -163,15 +163,15 @@ func (l *ServerLink) Dial(ctx context.Context, address string) (net.Conn, error)
 	fail := func(r link.Reason, err error) error {
 		return &link.DialError{Address: address, Agent: l.hello.AgentID, Reason: r, Err: err}
 	}
-	st, err := l.ys.OpenStream()
+	hdr, err := dialHeader(address)
+	if err != nil {
+		return nil, fail(link.ReasonError, err)
+	}
+	st, err := l.ys.OpenStreamWith(hdr)
 	if err != nil {
 		return nil, fail(link.ReasonLinkClosed, fmt.Errorf("%w: %w", link.ErrLinkClosed, err))
 	}
 	c := l.track(st)
-	if err := writeHeader(st, address); err != nil {
-		c.Close()
-		return nil, fail(link.ReasonLinkClosed, err)
-	}
 	expired := context.AfterFunc(ctx, func() { _ = st.SetReadDeadline(time.Unix(1, 0)) })
 	code, msg, err := readAnswer(st)
 	if !expired() || err != nil {

@@ -158,16 +158,16 @@ func answerCode(r link.Reason) byte {
 	return 5
 }
 
-func writeHeader(w io.Writer, address string) error {
+// dialHeader is a data stream's first bytes: the dial request.
+func dialHeader(address string) ([]byte, error) {
 	if len(address) == 0 || len(address) > maxAddress {
-		return fmt.Errorf("address of %d bytes", len(address))
+		return nil, fmt.Errorf("address of %d bytes", len(address))
 	}
 	buf := make([]byte, 3+len(address))
 	buf[0] = dialMagic
 	binary.BigEndian.PutUint16(buf[1:], uint16(len(address)))
 	copy(buf[3:], address)
-	_, err := w.Write(buf)
-	return err
+	return buf, nil
 }
 
 func readHeader(r io.Reader) (string, error) {

@@ -192,7 +192,15 @@ func (s *Session) NumStreams() int {
 // the rest of the receive window, as yamux) and returns without waiting
 // for the peer's ACK. Like yamux it waits while AcceptBacklog streams are
 // unacknowledged.
-func (s *Session) OpenStream() (*Stream, error) {
+func (s *Session) OpenStream() (*Stream, error) { return s.openStream(nil) }
+
+// OpenStreamWith opens a stream as OpenStream does and writes first on
+// it: the SYN and first's frames leave in one write where they fit the
+// session's buffer (a dial's request then costs one system call, and the
+// peer reads both at once).
+func (s *Session) OpenStreamWith(first []byte) (*Stream, error) { return s.openStream(first) }
+
+func (s *Session) openStream(first []byte) (*Stream, error) {
 	if s.IsClosed() {
 		return nil, ErrSessionShutdown
 	}
@@ -216,12 +224,25 @@ func (s *Session) OpenStream() (*Stream, error) {
 	st.inflight = true
 	s.streams[id] = st
 	// The SYN is pushed under s.mu so that SYNs go out in id order.
+	st.sendMu.Lock()
+	defer st.sendMu.Unlock()
 	st.mu.Lock()
 	flush, err := st.updateWindow()
 	st.mu.Unlock()
 	s.mu.Unlock()
+	n := 0
+	if err == nil && len(first) > 0 {
+		// Pushed without waiting: this goroutine may be the writer (flush),
+		// and a wait for room would then wait for itself.
+		var more bool
+		n, more, err = st.writeFrame(first, false)
+		flush = flush || more
+	}
 	if err == nil && flush {
 		err = s.flush()
+	}
+	if err == nil && n < len(first) {
+		_, err = st.write(first[n:], true)
 	}
 	if err != nil {
 		return nil, err // the session is closing: it ends the stream
