@@ -55,7 +55,7 @@ type polled struct {
 	sock   *idle.Socket
 
 	// With a dst that takes writes that must not wait, the copy runs in
-	// bursts (see burst): the socket's raw connection, the callback made
+	// bursts (see burstRead): the socket's raw connection, the callback made
 	// once, and what a burst left.
 	tw       TryWriter
 	raw      syscall.RawConn
@@ -95,12 +95,7 @@ func (d *polled) loop() {
 			return
 		}
 		d.sock.Active()
-		nw, werr := d.dst.Write(d.b.buf()[:nr])
-		*d.n += int64(nw)
-		if werr == nil && nw != nr {
-			werr = io.ErrShortWrite
-		}
-		if werr != nil {
+		if werr := writeCounted(d.dst, d.b.buf()[:nr], d.n); werr != nil {
 			d.finish(nil, werr)
 			return
 		}
@@ -143,14 +138,11 @@ func (d *polled) burstLoop() (done bool) {
 		d.finish(err, err) // closed
 		return true
 	}
-	// dst would have waited for the rest: write it the usual way.
-	nw, werr := d.dst.Write(d.rest)
-	*d.n += int64(nw)
-	if werr == nil && nw != len(d.rest) {
-		werr = io.ErrShortWrite
-	}
+	// dst would have waited for the rest: write it the usual way. The
+	// buffer stays for the next burst (bulk keeps its large one); a read
+	// that finds nothing gives it back.
+	werr := writeCounted(d.dst, d.rest, d.n)
 	d.rest = nil
-	d.b.release()
 	if werr != nil {
 		d.finish(nil, werr)
 		return true

@@ -320,11 +320,7 @@ func (c *notified) writeRaw(fd uintptr) bool {
 // goroutine may run the copy, so nothing of c is touched after that.
 func (c *notified) loop() {
 	if c.pending != nil { // what deliver's socket did not take
-		nw, werr := c.dst.Write(c.pending)
-		*c.n += int64(nw)
-		if werr == nil && nw != len(c.pending) {
-			werr = io.ErrShortWrite
-		}
+		werr := writeCounted(c.dst, c.pending, c.n)
 		c.pending = nil
 		c.b.release()
 		if werr != nil {
@@ -339,12 +335,7 @@ func (c *notified) loop() {
 		buf := c.b.get(c.bulk)
 		nr, rerr := c.src.Read(buf)
 		if nr > 0 {
-			nw, werr := c.dst.Write(buf[:nr])
-			*c.n += int64(nw)
-			if werr == nil && nw != nr {
-				werr = io.ErrShortWrite
-			}
-			if werr != nil {
+			if werr := writeCounted(c.dst, buf[:nr], c.n); werr != nil {
 				c.finish(nil, werr)
 				return
 			}
@@ -385,12 +376,7 @@ func copyBuf(dst io.Writer, src io.Reader) (n int64, readErr, err error) {
 	for {
 		nr, rerr := s.read()
 		if nr > 0 {
-			nw, werr := dst.Write(b.buf()[:nr])
-			n += int64(nw)
-			if werr == nil && nw != nr {
-				werr = io.ErrShortWrite
-			}
-			if werr != nil {
+			if werr := writeCounted(dst, b.buf()[:nr], &n); werr != nil {
 				return n, nil, werr
 			}
 		}
@@ -410,6 +396,17 @@ func copyBuf(dst io.Writer, src io.Reader) (n int64, readErr, err error) {
 			b.release()
 		}
 	}
+}
+
+// writeCounted writes p to dst, adds what it wrote to *n, and makes a
+// short write an error.
+func writeCounted(dst io.Writer, p []byte, n *int64) error {
+	nw, err := dst.Write(p)
+	*n += int64(nw)
+	if err == nil && nw != len(p) {
+		err = io.ErrShortWrite
+	}
+	return err
 }
 
 // buffers is the one buffer a direction holds, from the small or the large

@@ -542,13 +542,39 @@ func TestAsyncBursts(t *testing.T) {
 		}
 		finish(t, client, far, done, up)
 	})
-	// pattern is the stream of bytes the client sends: byte k is k mod 251.
+	// pattern is the stream of bytes sent: byte k is k mod 251, total
+	// bytes in writes of 1 to 5000.
+	const total = 4 << 20
 	pattern := func(off, n int) []byte {
 		b := make([]byte, n)
 		for i := range b {
 			b[i] = byte((off + i) % 251)
 		}
 		return b
+	}
+	send := func(w io.Writer) {
+		for off := 0; off < total; {
+			n := min(1+(off/7)%5000, total-off)
+			if _, err := w.Write(pattern(off, n)); err != nil {
+				return
+			}
+			off += n
+		}
+	}
+	check := func(t *testing.T, who string, r net.Conn) {
+		t.Helper()
+		got := make([]byte, total)
+		_ = r.SetReadDeadline(time.Now().Add(30 * time.Second))
+		if _, err := io.ReadFull(r, got); err != nil {
+			t.Fatalf("%s read: %v", who, err)
+		}
+		if want := pattern(0, total); !bytes.Equal(got, want) {
+			i := 0
+			for got[i] == want[i] {
+				i++
+			}
+			t.Fatalf("byte %d of %d: got %d, want %d (lost or reordered)", i, total, got[i], want[i])
+		}
 	}
 	// The other way, the stream's bytes are written to the socket by the
 	// callback while the socket takes them at once, else by a goroutine:
@@ -557,29 +583,9 @@ func TestAsyncBursts(t *testing.T) {
 	for _, pause := range []time.Duration{0, 300 * time.Millisecond} {
 		t.Run(fmt.Sprintf("to-socket-after-%v", pause), func(t *testing.T) {
 			client, far, done := start(t, plain)
-			const total = 4 << 20
-			go func() {
-				for off := 0; off < total; {
-					n := min(1+(off/7)%5000, total-off)
-					if _, err := far.Write(pattern(off, n)); err != nil {
-						return
-					}
-					off += n
-				}
-			}()
+			go send(far)
 			time.Sleep(pause)
-			got := make([]byte, total)
-			_ = client.SetReadDeadline(time.Now().Add(30 * time.Second))
-			if _, err := io.ReadFull(client, got); err != nil {
-				t.Fatalf("client read: %v", err)
-			}
-			if want := pattern(0, total); !bytes.Equal(got, want) {
-				i := 0
-				for got[i] == want[i] {
-					i++
-				}
-				t.Fatalf("byte %d of %d: got %d, want %d (lost or reordered)", i, total, got[i], want[i])
-			}
+			check(t, "client", client)
 			finish(t, client, far, done, 0)
 		})
 	}
@@ -589,28 +595,8 @@ func TestAsyncBursts(t *testing.T) {
 	}{{"back-to-back", plain}, {"partial-takes", func(st *mux.Stream) net.Conn { return &stingy{Stream: st} }}} {
 		t.Run(c.name, func(t *testing.T) {
 			client, far, done := start(t, c.wrap)
-			const total = 4 << 20
-			go func() {
-				for off := 0; off < total; {
-					n := min(1+(off/7)%5000, total-off)
-					if _, err := client.Write(pattern(off, n)); err != nil {
-						return
-					}
-					off += n
-				}
-			}()
-			got := make([]byte, total)
-			_ = far.SetReadDeadline(time.Now().Add(30 * time.Second))
-			if _, err := io.ReadFull(far, got); err != nil {
-				t.Fatalf("far read: %v", err)
-			}
-			if want := pattern(0, total); !bytes.Equal(got, want) {
-				i := 0
-				for got[i] == want[i] {
-					i++
-				}
-				t.Fatalf("byte %d of %d: got %d, want %d (lost or reordered)", i, total, got[i], want[i])
-			}
+			go send(client)
+			check(t, "far", far)
 			finish(t, client, far, done, total)
 		})
 	}

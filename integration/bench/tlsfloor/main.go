@@ -184,49 +184,42 @@ const fillAddress = "fill.pool.tlsfloor:0"
 
 // serveConnect answers HTTP CONNECT requests over connections of the pool.
 func serveConnect(ln net.Listener, links *linkPool) error {
-	for {
-		a, err := ln.Accept()
+	return each(ln, func(a net.Conn) {
+		br := bufio.NewReader(a)
+		addr, err := readConnect(br)
 		if err != nil {
-			return err
+			slog.Warn("tlsfloor: CONNECT", "err", err)
+			return
 		}
-		go func() {
-			defer a.Close()
-			br := bufio.NewReader(a)
-			addr, err := readConnect(br)
-			if err != nil {
-				slog.Warn("tlsfloor: CONNECT", "err", err)
-				return
-			}
-			if addr == fillAddress { // the bench, before the dials it measures
-				if err := links.fill(); err != nil {
-					slog.Warn("tlsfloor: fill the pool", "err", err)
-					_, _ = io.WriteString(a, "HTTP/1.1 502 Bad Gateway\r\n\r\n")
-					return
-				}
-				_, _ = io.WriteString(a, "HTTP/1.1 204 No Content\r\n\r\n")
-				return
-			}
-			b, err := links.take()
-			if err != nil {
-				slog.Warn("tlsfloor: connection to far", "err", err)
-				return
-			}
-			defer b.Close()
-			var answer [1]byte
-			if _, err := io.WriteString(b, addr+"\n"); err != nil {
-				slog.Warn("tlsfloor: dial request", "err", err)
-				return
-			}
-			if _, err := io.ReadFull(b, answer[:]); err != nil || answer[0] != '0' {
+		if addr == fillAddress { // the bench, before the dials it measures
+			if err := links.fill(); err != nil {
+				slog.Warn("tlsfloor: fill the pool", "err", err)
 				_, _ = io.WriteString(a, "HTTP/1.1 502 Bad Gateway\r\n\r\n")
 				return
 			}
-			if _, err := io.WriteString(a, "HTTP/1.1 200 Connection established\r\n\r\n"); err != nil {
-				return
-			}
-			relay(bufConn{a, br}, b)
-		}()
-	}
+			_, _ = io.WriteString(a, "HTTP/1.1 204 No Content\r\n\r\n")
+			return
+		}
+		b, err := links.take()
+		if err != nil {
+			slog.Warn("tlsfloor: connection to far", "err", err)
+			return
+		}
+		defer b.Close()
+		var answer [1]byte
+		if _, err := io.WriteString(b, addr+"\n"); err != nil {
+			slog.Warn("tlsfloor: dial request", "err", err)
+			return
+		}
+		if _, err := io.ReadFull(b, answer[:]); err != nil || answer[0] != '0' {
+			_, _ = io.WriteString(a, "HTTP/1.1 502 Bad Gateway\r\n\r\n")
+			return
+		}
+		if _, err := io.WriteString(a, "HTTP/1.1 200 Connection established\r\n\r\n"); err != nil {
+			return
+		}
+		relay(bufConn{a, br}, b)
+	})
 }
 
 // readConnect reads a CONNECT request's head and returns its address.
@@ -254,51 +247,37 @@ func readConnect(br *bufio.Reader) (string, error) {
 // serveDials takes one dial per connection: an address line, answered
 // with '0' once the backend is dialed ('1' if the dial failed).
 func serveDials(ln net.Listener) error {
-	for {
-		a, err := ln.Accept()
+	return each(ln, func(a net.Conn) {
+		br := bufio.NewReader(a)
+		addr, err := br.ReadString('\n')
 		if err != nil {
-			return err
+			return // a pooled connection near closed unused
 		}
-		go func() {
-			defer a.Close()
-			br := bufio.NewReader(a)
-			addr, err := br.ReadString('\n')
-			if err != nil {
-				return // a pooled connection near closed unused
-			}
-			b, err := net.Dial("tcp", strings.TrimSpace(addr))
-			if err != nil {
-				_, _ = a.Write([]byte{'1'})
-				return
-			}
-			defer b.Close()
-			if _, err := a.Write([]byte{'0'}); err != nil {
-				return
-			}
-			relay(bufConn{a, br}, b)
-		}()
-	}
+		b, err := net.Dial("tcp", strings.TrimSpace(addr))
+		if err != nil {
+			_, _ = a.Write([]byte{'1'})
+			return
+		}
+		defer b.Close()
+		if _, err := a.Write([]byte{'0'}); err != nil {
+			return
+		}
+		relay(bufConn{a, br}, b)
+	})
 }
 
 // serve relays every accepted connection to a new one from dial until the
 // listener fails (the process is killed when the bench ends).
 func serve(ln net.Listener, dial func() (net.Conn, error)) error {
-	for {
-		a, err := ln.Accept()
+	return each(ln, func(a net.Conn) {
+		b, err := dial()
 		if err != nil {
-			return err
+			slog.Warn("tlsfloor: dial", "err", err)
+			return
 		}
-		go func() {
-			defer a.Close()
-			b, err := dial()
-			if err != nil {
-				slog.Warn("tlsfloor: dial", "err", err)
-				return
-			}
-			defer b.Close()
-			relay(a, b)
-		}()
-	}
+		defer b.Close()
+		relay(a, b)
+	})
 }
 
 // bufConn is a connection whose first bytes a bufio.Reader took.
@@ -314,6 +293,21 @@ func (c bufConn) CloseWrite() error {
 		return cw.CloseWrite()
 	}
 	return c.Conn.Close()
+}
+
+// each runs handle on a goroutine for every connection ln accepts, and
+// closes the connection after it, until the listener fails.
+func each(ln net.Listener, handle func(net.Conn)) error {
+	for {
+		a, err := ln.Accept()
+		if err != nil {
+			return err
+		}
+		go func() {
+			defer a.Close()
+			handle(a)
+		}()
+	}
 }
 
 // relay copies both ways until both directions ended.
