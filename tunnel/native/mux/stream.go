@@ -511,11 +511,14 @@ func (st *Stream) SetReadDeadline(t time.Time) error {
 	if st.rtimer != nil {
 		st.rtimer.Stop()
 	}
-	if !t.IsZero() {
+	// A deadline already past needs no timer: readable below wakes the
+	// reader (a close wakes readers this way, and a timer's goroutine per
+	// dial costs).
+	if d := time.Until(t); !t.IsZero() && d > 0 {
 		if st.rtimer == nil {
-			st.rtimer = time.AfterFunc(time.Until(t), st.readable)
+			st.rtimer = time.AfterFunc(d, st.readable)
 		} else {
-			st.rtimer.Reset(time.Until(t))
+			st.rtimer.Reset(d)
 		}
 	}
 	st.mu.Unlock()
@@ -545,6 +548,10 @@ func deadlineTimer(tm *time.Timer, t time.Time, ch chan struct{}) *time.Timer {
 		return tm
 	}
 	d := time.Until(t)
+	if d <= 0 {
+		notify(ch) // already past: no timer (and no goroutine) for it
+		return tm
+	}
 	if tm == nil {
 		return time.AfterFunc(d, func() { notify(ch) })
 	}
