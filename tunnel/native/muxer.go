@@ -19,8 +19,10 @@ import (
 type muxSession interface {
 	OpenStream() (muxStream, error)
 	// OpenStreamWith opens a stream and writes first on it (in one
-	// write with the SYN where the session layer can).
-	OpenStreamWith(first []byte) (muxStream, error)
+	// write with the SYN where the session layer can); opened gets the
+	// stream before first is written. On an error once opened was
+	// called, the caller closes the stream.
+	OpenStreamWith(first []byte, opened func(muxStream)) (muxStream, error)
 	AcceptStream() (muxStream, error)
 	Ping() (time.Duration, error)
 	Close() error
@@ -52,13 +54,13 @@ type yamuxSession struct{ *yamux.Session }
 func (s yamuxSession) OpenStream() (muxStream, error)   { return asStream(s.Session.OpenStream()) }
 func (s yamuxSession) AcceptStream() (muxStream, error) { return asStream(s.Session.AcceptStream()) }
 
-func (s yamuxSession) OpenStreamWith(first []byte) (muxStream, error) {
+func (s yamuxSession) OpenStreamWith(first []byte, opened func(muxStream)) (muxStream, error) {
 	st, err := s.Session.OpenStream()
 	if err != nil {
 		return nil, err
 	}
+	opened(st)
 	if _, err := st.Write(first); err != nil {
-		_ = st.Close()
 		return nil, err
 	}
 	return st, nil
@@ -70,8 +72,8 @@ type isthmusSession struct{ *mux.Session }
 func (s isthmusSession) OpenStream() (muxStream, error)   { return asStream(s.Session.OpenStream()) }
 func (s isthmusSession) AcceptStream() (muxStream, error) { return asStream(s.Session.AcceptStream()) }
 
-func (s isthmusSession) OpenStreamWith(first []byte) (muxStream, error) {
-	return asStream(s.Session.OpenStreamWith(first))
+func (s isthmusSession) OpenStreamWith(first []byte, opened func(muxStream)) (muxStream, error) {
+	return asStream(s.Session.OpenStreamWith(first, func(st *mux.Stream) { opened(st) }))
 }
 
 // newMux starts the session layer of one end over conn (the link's TLS

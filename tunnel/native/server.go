@@ -167,11 +167,16 @@ func (l *ServerLink) Dial(ctx context.Context, address string) (net.Conn, error)
 	if err != nil {
 		return nil, fail(link.ReasonError, err)
 	}
-	st, err := l.ys.OpenStreamWith(hdr)
+	// Tracked before the request leaves: the agent's answer, or its
+	// abort on the control stream, may come at once.
+	var c *streamConn
+	st, err := l.ys.OpenStreamWith(hdr, func(st muxStream) { c = l.track(st) })
 	if err != nil {
+		if c != nil {
+			c.Close()
+		}
 		return nil, fail(link.ReasonLinkClosed, fmt.Errorf("%w: %w", link.ErrLinkClosed, err))
 	}
-	c := l.track(st)
 	expired := context.AfterFunc(ctx, func() { _ = st.SetReadDeadline(time.Unix(1, 0)) })
 	code, msg, err := readAnswer(st)
 	if !expired() || err != nil {

@@ -1172,3 +1172,48 @@ func TestReadNowInCallback(t *testing.T) {
 		_ = b.Close()
 	})
 }
+
+// TestOpenStreamWith: a stream opened with its first bytes delivers them
+// whole to the peer (mux or yamux), small ones (a dial's request) and
+// ones beyond a window, which wait for the peer to read; opened gets the
+// stream, once, before OpenStreamWith returns it.
+func TestOpenStreamWith(t *testing.T) {
+	forEach(t, defaults, func(t *testing.T, p *pair) {
+		ms, ok := p.client.(muxSession)
+		if !ok {
+			t.Skip("the opening end is yamux's")
+		}
+		for _, size := range []int{3 + len("10.0.0.5:443"), 2*int(defaults.window) + 17} {
+			msg := pattern(uint64(size), size)
+			type opened struct {
+				st  *Stream
+				err error
+				cb  []*Stream
+			}
+			res := make(chan opened, 1)
+			go func() {
+				var o opened
+				o.st, o.err = ms.OpenStreamWith(msg, func(st *Stream) { o.cb = append(o.cb, st) })
+				res <- o
+			}()
+			b, err := p.server.accept()
+			if err != nil {
+				t.Fatal("accept:", err)
+			}
+			got := make([]byte, size)
+			_ = b.SetReadDeadline(time.Now().Add(10 * time.Second))
+			if _, err := io.ReadFull(b, got); err != nil {
+				t.Fatalf("%d bytes: read: %v", size, err)
+			}
+			if !bytes.Equal(got, msg) {
+				t.Fatalf("%d bytes: the first bytes arrived changed", size)
+			}
+			o := <-res
+			if o.err != nil || len(o.cb) != 1 || o.cb[0] != o.st {
+				t.Fatalf("%d bytes: OpenStreamWith: %v, opened called with %v for stream %p", size, o.err, o.cb, o.st)
+			}
+			_ = o.st.Close()
+			_ = b.Close()
+		}
+	})
+}

@@ -192,15 +192,19 @@ func (s *Session) NumStreams() int {
 // the rest of the receive window, as yamux) and returns without waiting
 // for the peer's ACK. Like yamux it waits while AcceptBacklog streams are
 // unacknowledged.
-func (s *Session) OpenStream() (*Stream, error) { return s.openStream(nil) }
+func (s *Session) OpenStream() (*Stream, error) { return s.openStream(nil, nil) }
 
 // OpenStreamWith opens a stream as OpenStream does and writes first on
 // it: the SYN and first's frames leave in one write where they fit the
 // session's buffer (a dial's request then costs one system call, and the
-// peer reads both at once).
-func (s *Session) OpenStreamWith(first []byte) (*Stream, error) { return s.openStream(first) }
+// peer reads both at once). opened, if not nil, is called with the new
+// stream before first is written (to register it before any answer can
+// come); on an error after that, the caller closes the stream.
+func (s *Session) OpenStreamWith(first []byte, opened func(*Stream)) (*Stream, error) {
+	return s.openStream(first, opened)
+}
 
-func (s *Session) openStream(first []byte) (*Stream, error) {
+func (s *Session) openStream(first []byte, opened func(*Stream)) (*Stream, error) {
 	if s.IsClosed() {
 		return nil, ErrSessionShutdown
 	}
@@ -230,6 +234,9 @@ func (s *Session) openStream(first []byte) (*Stream, error) {
 	flush, err := st.updateWindow()
 	st.mu.Unlock()
 	s.mu.Unlock()
+	if opened != nil {
+		opened(st)
+	}
 	n := 0
 	if err == nil && len(first) > 0 {
 		// Pushed without waiting: this goroutine may be the writer (flush),
