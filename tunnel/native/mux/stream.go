@@ -43,6 +43,7 @@ type Stream struct {
 	rtimer     *time.Timer
 	wtimer     *time.Timer
 	readCh     chan struct{} // notified on data, state change, read deadline
+	readers    int           // goroutines waiting in Read: data wakes them only then
 	onReadable func()        // NotifyReadable's callback, called once at the next of those
 	sendCh     chan struct{} // notified on window update, state change, write deadline
 }
@@ -103,12 +104,14 @@ func (st *Stream) Read(p []byte) (int, error) {
 			st.mu.Unlock()
 			return 0, ErrTimeout
 		}
+		st.readers++
 		st.mu.Unlock()
 		select {
 		case <-st.readCh:
 		case <-st.s.shutdownCh:
 		}
 		st.mu.Lock()
+		st.readers--
 	}
 }
 
@@ -457,8 +460,13 @@ func (st *Stream) receive(flags uint16, length uint32) error {
 	}
 	forget, err := st.processFlags(flags & (flagFIN | flagRST))
 	f := st.takeReadable()
+	// A reader that comes later sees the data before it waits; a stream
+	// read from its callback has none waiting.
+	wake := st.readers > 0
 	st.mu.Unlock()
-	notify(st.readCh)
+	if wake {
+		notify(st.readCh)
+	}
 	if f != nil {
 		f()
 	}
