@@ -161,7 +161,7 @@ func answerCode(r link.Reason) byte {
 // dialHeader is a data stream's first bytes: the dial request.
 func dialHeader(address string) ([]byte, error) {
 	if len(address) == 0 || len(address) > maxAddress {
-		return nil, fmt.Errorf("address of %d bytes", len(address))
+		return nil, fmt.Errorf("dial address of %d bytes: the native link carries host:port addresses of 1 to %d bytes; check the address the client asked for", len(address), maxAddress)
 	}
 	buf := make([]byte, 3+len(address))
 	buf[0] = dialMagic
