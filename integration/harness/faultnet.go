@@ -180,9 +180,15 @@ func (n *FaultNet) RouteHostAddr(t testing.TB, a netip.Addr) {
 // the namespace's route to it. Connections to it are left without a path,
 // silently: the host sends nothing from an address it no longer has, and
 // the namespace has no route to it (no packet leaves for a default route).
+// Its /30 stays held until the test ends: a test running beside this one
+// that got the address for its own namespace would give the host the
+// address back, and the host's old sockets a path to this namespace again.
 func (n *FaultNet) RemoveHostAddr(t testing.TB, a netip.Addr) {
 	t.Helper()
 	bhRun(t, "ip", "-n", n.Name, "route", "del", netip.PrefixFrom(a, 32).String(), "dev", n.NSIf)
+	unlock := slash30Lock(t)
+	defer unlock()
+	holdSlash30(t, netip.PrefixFrom(a, 30).Masked())
 	bhRun(t, "ip", "addr", "del", netip.PrefixFrom(a, 32).String(), "dev", n.HostIf)
 }
 

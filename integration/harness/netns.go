@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -133,14 +134,78 @@ func bhLock(t testing.TB, path string, wait time.Duration) (unlock func()) {
 	}
 }
 
+// slash30Lock takes the lock under which tests of every process pick, hold
+// and free /30s of blackholeNet.
+func slash30Lock(t testing.TB) (unlock func()) {
+	t.Helper()
+	return bhLock(t, filepath.Join(os.TempDir(), "isthmus-blackhole.lock"), 30*time.Second)
+}
+
+// heldSlash30Dir has a file per /30 a test holds with no address on an
+// interface (RemoveHostAddr), naming the process that holds it.
+func heldSlash30Dir() string { return filepath.Join(os.TempDir(), "isthmus-slash30-held") }
+
+func heldSlash30File(p netip.Prefix) string {
+	return filepath.Join(heldSlash30Dir(), strings.ReplaceAll(p.String(), "/", "_"))
+}
+
+// holdSlash30 keeps p from freeSlash30 until t ends. The caller holds
+// slash30Lock.
+func holdSlash30(t testing.TB, p netip.Prefix) {
+	t.Helper()
+	if err := os.MkdirAll(heldSlash30Dir(), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	f := heldSlash30File(p)
+	if err := os.WriteFile(f, []byte(strconv.Itoa(os.Getpid())), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := os.Remove(f); err != nil && !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("free %s: %v", p, err)
+		}
+	})
+}
+
+// heldSlash30s are the /30s held by live processes; the files of processes
+// gone (a test killed before its cleanup) are removed. The caller holds
+// slash30Lock.
+func heldSlash30s() map[netip.Prefix]bool {
+	held := map[netip.Prefix]bool{}
+	ents, err := os.ReadDir(heldSlash30Dir())
+	if err != nil {
+		return held // none held yet
+	}
+	for _, e := range ents {
+		f := filepath.Join(heldSlash30Dir(), e.Name())
+		p, perr := netip.ParsePrefix(strings.ReplaceAll(e.Name(), "_", "/"))
+		b, rerr := os.ReadFile(f)
+		pid, aerr := strconv.Atoi(strings.TrimSpace(string(b)))
+		if perr != nil || rerr != nil || aerr != nil || !processAlive(pid) {
+			_ = os.Remove(f)
+			continue
+		}
+		held[p] = true
+	}
+	return held
+}
+
+// processAlive reports whether process pid is running (or the pid was
+// reused: what it left is then left alone).
+func processAlive(pid int) bool {
+	_, err := os.Stat("/proc/" + strconv.Itoa(pid))
+	return err == nil
+}
+
 // freeSlash30 returns a /30 of blackholeNet that no interface of the host
-// namespace has an address in.
+// namespace has an address in and no test holds (holdSlash30). The caller
+// holds slash30Lock.
 func freeSlash30() (netip.Prefix, error) {
 	addrs, err := net.InterfaceAddrs()
 	if err != nil {
 		return netip.Prefix{}, err
 	}
-	used := map[netip.Prefix]bool{}
+	used := heldSlash30s()
 	for _, a := range addrs {
 		ipn, ok := a.(*net.IPNet)
 		if !ok {
@@ -189,8 +254,8 @@ func sweepStaleBlackholes(t testing.TB) {
 		if err != nil || pid == os.Getpid() {
 			continue
 		}
-		if _, err := os.Stat("/proc/" + pidStr); err == nil {
-			continue // still running (or the pid was reused: leave it)
+		if processAlive(pid) {
+			continue
 		}
 		t.Logf("removing namespace %s left by test process %d", e.Name(), pid)
 		stale := &Blackhole{Name: e.Name(), HostIf: fmt.Sprintf("%s%dh%s", ifPrefix, pid, seq)}

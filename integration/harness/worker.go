@@ -11,7 +11,6 @@ import (
 	"runtime"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/containernetworking/plugins/pkg/ns"
 	"golang.org/x/sys/unix"
@@ -194,7 +193,7 @@ func separateEphemeralPorts(t testing.TB, ns string) {
 // lock that keeps two tests from picking the same one; it returns both.
 func addSlash30(t testing.TB, add func(host, ns netip.Addr)) (host, ns netip.Addr) {
 	t.Helper()
-	unlock := bhLock(t, filepath.Join(os.TempDir(), "isthmus-blackhole.lock"), 30*time.Second)
+	unlock := slash30Lock(t)
 	defer unlock()
 	prefix, err := freeSlash30()
 	if err != nil {
