@@ -139,8 +139,14 @@ func newHost(t *testing.T, l *lan, name, ip string, root bool) *node {
 			t.Fatalf("%s's mount namespace could not be made:\n%s", name, n.holder.Output())
 		default:
 		}
-		_, err := os.Stat(filepath.Join(n.state, "run", ".node-ready"))
-		return err == nil
+		if _, err := os.Stat(filepath.Join(n.state, "run", ".node-ready")); err != nil {
+			return false
+		}
+		// The mounts are made once the marker is there, but the chroot
+		// (newPodHost) only once the holder is sleep: until then, its
+		// root (command's --root) is still the machine's.
+		comm, err := os.ReadFile("/proc/" + strconv.Itoa(n.holder.Pid()) + "/comm")
+		return err == nil && strings.TrimSpace(string(comm)) == "sleep"
 	})
 	return n
 }
