@@ -107,6 +107,9 @@ func connectAgents(b *testing.B, bins harness.Binaries, pki *certs.Bundle, load 
 	var extra []string
 	var adminPort int
 	if profileDir != "" && tg.impl == harness.Isthmus {
+		if err := os.MkdirAll(profileDir, 0o755); err != nil {
+			b.Fatalf("BENCH_PROFILE_DIR: %v", err)
+		}
 		adminPort = harness.FreePort(b)
 		extra = []string{"--enable-profiling", "--admin-port=" + strconv.Itoa(adminPort)}
 	}

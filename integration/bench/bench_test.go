@@ -136,6 +136,11 @@ func BenchmarkTunnel(b *testing.B) {
 		b.Fatal(err)
 	}
 	profileDir := os.Getenv("BENCH_PROFILE_DIR")
+	if profileDir != "" {
+		if err := os.MkdirAll(profileDir, 0o755); err != nil {
+			b.Fatalf("BENCH_PROFILE_DIR: %v", err)
+		}
+	}
 	nofile, err := raiseNofile()
 	if err != nil {
 		b.Fatal(err)

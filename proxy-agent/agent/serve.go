@@ -50,14 +50,13 @@ type dialed struct {
 // answer, splice, metrics. It is the only place the agent does this. done
 // is called once the connection has ended.
 //
-// A tunneled connection that can tell when it has bytes (the native link
-// over --native-mux=isthmus) is spliced with no goroutine while idle, and
-// this goroutine ends at once. Otherwise it copies for the connection's
-// whole life, mostly waiting: an idle connection costs mostly its stack.
-// The runtime halves a waiting goroutine's stack at a GC while it uses
-// under a quarter of it, so the frames under the wait are kept small: the
-// setup and the end run in functions of their own (accept grows deep
-// stacks, and its frame would stay beneath the wait).
+// The dial (name resolution, connect) grows this goroutine's stack, and
+// this goroutine ends once the connection is set up. A tunneled connection
+// that can tell when it has bytes (the native link over
+// --native-mux=isthmus) is spliced with no goroutine while idle. Otherwise
+// the copy, which lasts the connection's whole life and mostly waits, runs
+// on a goroutine of its own whose stack starts small (an idle connection
+// costs mostly its stacks).
 func (a *Agent) serve(r link.Request, log *slog.Logger, done func()) {
 	c, backend := a.accept(r, log)
 	if c == nil {
@@ -71,19 +70,17 @@ func (a *Agent) serve(r link.Request, log *slog.Logger, done func()) {
 		})
 		return
 	}
-	a.finished(splice.Splice(c, backend), r, log)
-	done()
+	go func() {
+		a.finished(splice.Splice(c, backend), r, log)
+		done()
+	}()
 }
 
 // accept dials r's backend and accepts r: the tunneled connection and the
 // backend's, or nils once r was refused or abandoned.
-//
-//go:noinline
 func (a *Agent) accept(r link.Request, log *slog.Logger) (c, backend net.Conn) {
 	address := limits.Clip(r.Address()) // for the logs: it comes from a client of the server
-	// The dial (name resolution, connect) grows the stack; it runs on a
-	// goroutine of its own.
-	d := splice.OnOwnStack(func() dialed { return a.dialBackend(r) })
+	d := a.dialBackend(r)
 	if d.err != nil {
 		reason := link.Classify(d.err)
 		if errors.Is(d.err, policy.ErrNotAllowed) {
@@ -113,7 +110,8 @@ func (a *Agent) accept(r link.Request, log *slog.Logger) (c, backend net.Conn) {
 	return c, d.backend
 }
 
-// finished counts and logs a connection that ended.
+// finished counts and logs a connection that ended. Not inlined: its
+// frame would sit beneath the copy's wait.
 //
 //go:noinline
 func (a *Agent) finished(res splice.Result, r link.Request, log *slog.Logger) {

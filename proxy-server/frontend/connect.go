@@ -155,7 +155,9 @@ func (s *Connect) handle(c net.Conn) {
 		s.untrack(c)
 	}
 	client := clientOf(c)
-	tc := splice.OnOwnStack(func() net.Conn { return s.connect(c, client) })
+	// The setup (the request, the dial) grows this goroutine's stack, and
+	// this goroutine ends once the connection is set up.
+	tc := s.connect(c, client)
 	if tc == nil {
 		end()
 		return
@@ -166,7 +168,7 @@ func (s *Connect) handle(c net.Conn) {
 	}
 	// A tunneled connection that can tell when it has bytes (the native
 	// link over --native-mux=isthmus) and a socket client are spliced
-	// with no goroutine while idle: this one ends here.
+	// with no goroutine while idle.
 	if as, ok := splice.NewAsync(c, tc); ok {
 		if !s.closeWith(c, as.Close) {
 			as.Close() // Close has begun: c is not served
@@ -176,7 +178,9 @@ func (s *Connect) handle(c net.Conn) {
 		as.Start(finished)
 		return
 	}
-	finished(splice.Splice(c, tc))
+	// Otherwise the copy, which lasts the connection's whole life and
+	// mostly waits, runs on a goroutine whose stack starts small.
+	go func() { finished(splice.Splice(c, tc)) }()
 }
 
 // connect reads the CONNECT request, dials, and answers. It returns the

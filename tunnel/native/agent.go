@@ -2,6 +2,7 @@ package native
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -124,6 +125,9 @@ func (l *AgentLink) Run(ctx context.Context) error {
 				l.refuseBusy(st)
 				continue
 			}
+			if l.requestNow(st) {
+				continue
+			}
 			l.wg.Add(1)
 			go func() {
 				defer l.wg.Done()
@@ -199,13 +203,71 @@ func (l *AgentLink) request(st muxStream) {
 	}
 }
 
+// peekNotifier is a stream that calls back when it has something to read
+// and shows what it holds without taking it (the session layer of package
+// mux).
+type peekNotifier interface {
+	readNotifier
+	Peek(p []byte) int
+}
+
+// requestNow is request without a goroutine, for a stream that calls back
+// and already holds its whole dial header (the server sends it with the
+// stream's SYN): the request goes to Accept from the accept loop (or, if
+// nobody waits in Accept, from a goroutine that only hands it over), and
+// the stream's callback, not a goroutine in Read, cancels the dial if the
+// server sends anything before the answer. It returns false, having taken
+// nothing, when it cannot: request takes the stream.
+func (l *AgentLink) requestNow(st muxStream) bool {
+	pn, ok := st.(peekNotifier)
+	if !ok {
+		return false
+	}
+	var buf [3 + maxAddress]byte
+	if pn.Peek(buf[:3]) < 3 {
+		return false
+	}
+	n := int(binary.BigEndian.Uint16(buf[1:3]))
+	if buf[0] != dialMagic || n == 0 || n > maxAddress || pn.Peek(buf[:3+n]) < 3+n {
+		return false // a bad header is request's to report
+	}
+	c := l.track(st)
+	if k, _ := pn.ReadNow(buf[:3+n]); k < 3+n { // reset since the Peek
+		l.pending.Add(-1)
+		c.Close()
+		return true
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	r := &request{c: c, address: string(buf[3 : 3+n]), ctx: ctx, cancel: cancel, notify: pn, pending: &l.pending}
+	if !pn.NotifyReadable(cancel) {
+		cancel() // the server sent something already: it gave the dial up
+	}
+	select {
+	case l.reqs <- r:
+	default:
+		l.wg.Add(1)
+		go func() {
+			defer l.wg.Done()
+			select {
+			case l.reqs <- r:
+			case <-l.done():
+				l.pending.Add(-1)
+				cancel()
+				c.Close()
+			}
+		}()
+	}
+	return true
+}
+
 // request is one dial on a data stream; it implements link.Request.
 type request struct {
 	c       *streamConn
 	address string
 	ctx     context.Context
 	cancel  context.CancelFunc
-	watched chan struct{} // closed when the stream watcher stopped
+	watched chan struct{} // closed when the stream watcher stopped (nil with notify)
+	notify  readNotifier  // the stream, when its callback watches it instead
 	once    sync.Once
 	pending *atomic.Int64 // the link's count of pending dials, decremented at the answer
 }
@@ -215,9 +277,15 @@ func (r *request) Context() context.Context { return r.ctx }
 
 // answer stops the watcher and reports whether the server still waits.
 func (r *request) answer() (waiting bool) {
-	_ = r.c.SetReadDeadline(time.Unix(1, 0))
-	<-r.watched
-	_ = r.c.SetReadDeadline(time.Time{})
+	if r.notify != nil {
+		if !r.notify.NotifyReadable(nil) {
+			r.cancel() // the server sent something: it gave the dial up
+		}
+	} else {
+		_ = r.c.SetReadDeadline(time.Unix(1, 0))
+		<-r.watched
+		_ = r.c.SetReadDeadline(time.Time{})
+	}
 	waiting = r.ctx.Err() == nil
 	r.cancel()
 	return waiting

@@ -530,17 +530,6 @@ func (s *source) read() (int, error) {
 	return s.r.Read(s.b.buf())
 }
 
-// OnOwnStack runs f on a goroutine of its own and returns its result. A
-// connection's setup (request parsing, TLS handshakes, dials) grows deep
-// stacks; run there, that growth ends with f instead of staying with the
-// goroutine that then copies for the connection's whole life (an idle
-// connection costs mostly its goroutines' stacks).
-func OnOwnStack[T any](f func() T) T {
-	res := make(chan T, 1)
-	go func() { res <- f() }()
-	return <-res
-}
-
 // abort closes c abortively where the transport can: a TCP reset instead
 // of an orderly FIN, a cut for a tunneled connection. Beneath TLS the reset
 // goes out at once, with no close_notify ahead of it (that alert reads as

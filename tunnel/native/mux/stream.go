@@ -139,6 +139,17 @@ func (st *Stream) ReadNow(p []byte) (int, error) {
 	return n, nil
 }
 
+// Peek copies bytes the stream holds into p without taking them; it
+// returns how many. It does not wait.
+func (st *Stream) Peek(p []byte) int {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	if st.state == stateReset || st.buffered() == 0 {
+		return 0
+	}
+	return copy(p, st.rbuf.b[st.roff:])
+}
+
 // NotifyReadable arranges for f to be called once, as soon as Read would
 // not wait: data arrived, the peer's FIN or reset, the session's end, or
 // the read deadline. It returns false, and arranges nothing, if Read would
