@@ -270,19 +270,37 @@ func (s *Connect) admit(c net.Conn, client, address string) (release func()) {
 	return release
 }
 
+// hangupWatchDelay is how long a dial runs before a goroutine watches its
+// client for a hang-up: most dials are answered sooner, and then cost no
+// goroutine, read or deadline for it. A client that hung up meanwhile is
+// seen as soon as the watch starts.
+const hangupWatchDelay = 5 * time.Millisecond
+
 // watchHangup cancels the dial when the client closes its connection while
-// we dial. Bytes it sends early stay in br. The returned func stops watching.
+// we dial (from hangupWatchDelay on). Bytes it sends early stay in br. The
+// returned func stops watching.
 func watchHangup(c net.Conn, br *bufio.Reader, cancel context.CancelFunc) (stop func()) {
 	if br.Buffered() > 0 {
 		return func() {}
 	}
-	// Clear the header deadline here, not in the goroutine: stop may run
-	// before the goroutine does (a dial that fails at once), and its wake-up
-	// deadline must not be overwritten, or Peek would block until the client
-	// gives up.
+	// Clear the header deadline here, not in the watcher: stop may run
+	// before the watcher does, and its wake-up deadline must not be
+	// overwritten, or Peek would block until the client gives up.
 	_ = c.SetReadDeadline(time.Time{})
-	done := make(chan struct{})
-	go func() {
+	var (
+		mu      sync.Mutex
+		stopped bool
+		started bool
+		done    = make(chan struct{})
+	)
+	t := time.AfterFunc(hangupWatchDelay, func() {
+		mu.Lock()
+		if stopped {
+			mu.Unlock()
+			return
+		}
+		started = true
+		mu.Unlock()
 		defer close(done)
 		if _, err := br.Peek(1); err != nil {
 			var ne net.Error
@@ -290,11 +308,20 @@ func watchHangup(c net.Conn, br *bufio.Reader, cancel context.CancelFunc) (stop 
 				cancel()
 			}
 		}
-	}()
+	})
 	return func() {
-		_ = c.SetReadDeadline(time.Unix(1, 0)) // wake the Peek
-		<-done
-		_ = c.SetReadDeadline(time.Time{})
+		if t.Stop() {
+			return // the watch never started
+		}
+		mu.Lock()
+		stopped = true
+		watching := started
+		mu.Unlock()
+		if watching {
+			_ = c.SetReadDeadline(time.Unix(1, 0)) // wake the Peek
+			<-done
+			_ = c.SetReadDeadline(time.Time{})
+		}
 	}
 }
 
