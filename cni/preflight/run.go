@@ -185,9 +185,24 @@ func probeTCP(ctx context.Context, c Check) (Status, string) {
 func probeUDP(ctx context.Context, c Check) (Status, string) {
 	var d net.Dialer
 	start := time.Now()
-	conn, err := d.DialContext(ctx, "udp", net.JoinHostPort(c.Host, strconv.Itoa(c.Port)))
-	if err != nil {
-		return Fail, describeDialError(err, time.Since(start))
+	var conn net.Conn
+	// A probe of a port of this host that nothing holds can be given that
+	// very port as its own (the port was free): it would then read its own
+	// datagram as the answer. Dial again: the kernel picks another port.
+	for range 3 {
+		var err error
+		conn, err = d.DialContext(ctx, "udp", net.JoinHostPort(c.Host, strconv.Itoa(c.Port)))
+		if err != nil {
+			return Fail, describeDialError(err, time.Since(start))
+		}
+		if conn.LocalAddr().String() != conn.RemoteAddr().String() {
+			break
+		}
+		conn.Close()
+		conn = nil
+	}
+	if conn == nil {
+		return Fail, "refused: nothing listens on this port (the probe was given the port itself)"
 	}
 	defer conn.Close()
 	if dl, ok := ctx.Deadline(); ok {
@@ -197,7 +212,7 @@ func probeUDP(ctx context.Context, c Check) (Status, string) {
 		return Fail, describeDialError(err, time.Since(start))
 	}
 	buf := make([]byte, 64)
-	_, err = conn.Read(buf)
+	_, err := conn.Read(buf)
 	var ne net.Error
 	switch {
 	case err == nil:
