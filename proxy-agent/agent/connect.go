@@ -144,6 +144,7 @@ func (a *Agent) connectANP(ctx context.Context, target string, tc *tls.Config) (
 	cc, err := grpc.NewClient("passthrough:///"+target,
 		grpc.WithTransportCredentials(creds),
 		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: a.cfg.KeepaliveTime, Timeout: 20 * time.Second, PermitWithoutStream: true}),
+		grpc.WithDefaultCallOptions(grpc.ForceCodecV2(anp.Codec())), // DATA packets without reflection
 	)
 	if err != nil {
 		return nil, 0, fmt.Errorf("connect %s: %w", target, err)

@@ -18,6 +18,7 @@ import (
 
 	"isthmus.dev/proxy-server/agents"
 	"isthmus.dev/proxy-server/frontend"
+	"isthmus.dev/tunnel/anp"
 )
 
 // frontendMaxMsg is the largest DATA packet a frontend client may send.
@@ -72,6 +73,7 @@ func (s *Server) build() (*parts, error) {
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: c.KeepaliveTime, Timeout: 20 * time.Second}),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 30 * time.Second, PermitWithoutStream: true}),
 		grpc.StreamInterceptor(s.metrics.countStreams),
+		grpc.ForceServerCodecV2(anp.Codec()), // DATA packets without reflection
 	)
 	alog := s.log.With("component", "agents")
 	agentsSrv := &agents.Server{
@@ -95,6 +97,7 @@ func (s *Server) build() (*parts, error) {
 			grpc.MaxRecvMsgSize(frontendMaxMsg),
 			grpc.KeepaliveParams(keepalive.ServerParameters{Time: c.FrontendKeepaliveTime}),
 			grpc.StreamInterceptor(s.metrics.countStreams),
+			grpc.ForceServerCodecV2(anp.Codec()), // DATA packets without reflection
 		}
 		if frontendCreds == nil {
 			frontendCreds = frontend.UnixPeerCreds() // the client is the peer process
