@@ -21,6 +21,16 @@ func (a *Agent) serveLink(ctx context.Context, h *heldLink) {
 	log := a.log.With("server", h.serverID, "link", h.kind)
 	var wg sync.WaitGroup
 	defer wg.Wait()
+	// A link that starts the goroutines itself (the native one) saves
+	// each dial a hand-over; it returns once no call is under way, so
+	// wg.Add never races the Wait.
+	if rs, ok := h.l.(requestServer); ok {
+		rs.ServeRequests(ctx, func(r link.Request) {
+			wg.Add(1)
+			a.serve(r, log, wg.Done)
+		})
+		return
+	}
 	for {
 		r, err := h.l.Accept(ctx)
 		if err != nil {
@@ -29,6 +39,12 @@ func (a *Agent) serveLink(ctx context.Context, h *heldLink) {
 		wg.Add(1)
 		go a.serve(r, log, wg.Done)
 	}
+}
+
+// requestServer is a link that runs a handler for each dial request on a
+// goroutine of its own (native.AgentLink).
+type requestServer interface {
+	ServeRequests(ctx context.Context, handle func(link.Request))
 }
 
 // busy counts and logs (rate limited) a dial request refused for the

@@ -43,10 +43,14 @@ type AgentOptions struct {
 // the server's dials, each a yamux stream.
 type AgentLink struct {
 	*session
-	opts    AgentOptions
-	reqs    chan *request
-	wg      sync.WaitGroup // stream readers
-	pending atomic.Int64   // dial requests in flight (opts.PendingDials bounds it)
+	opts AgentOptions
+	reqs chan *request
+	wg   sync.WaitGroup // stream readers
+
+	hmu      sync.Mutex
+	handle   func(link.Request) // ServeRequests' handler, while it runs
+	handlers sync.WaitGroup     // its calls under way
+	pending  atomic.Int64       // dial requests in flight (opts.PendingDials bounds it)
 }
 
 // Connect runs the agent side of the handshake on conn (a TLS connection
@@ -155,6 +159,57 @@ func (l *AgentLink) Accept(ctx context.Context) (link.Request, error) {
 	}
 }
 
+// ServeRequests calls handle for each of the server's dial requests, each
+// on a goroutine of its own, until the link or ctx ends; it returns once
+// no call of handle is under way and none can start. A request the link
+// takes on its accept loop (see requestNow) goes to its goroutine from
+// there, with no hand-over through Accept. Accept is not to be used
+// beside it.
+func (l *AgentLink) ServeRequests(ctx context.Context, handle func(link.Request)) {
+	l.hmu.Lock()
+	l.handle = handle
+	l.hmu.Unlock()
+	defer func() {
+		l.hmu.Lock()
+		l.handle = nil // from here on, no dispatch starts
+		l.hmu.Unlock()
+		l.handlers.Wait()
+	}()
+	for {
+		select {
+		case r := <-l.reqs: // handed over before handle was set
+			l.handlers.Add(1)
+			go func() {
+				defer l.handlers.Done()
+				handle(r)
+			}()
+		case <-l.done():
+			return
+		case <-ctx.Done():
+			return
+		}
+	}
+}
+
+// dispatch runs r on a goroutine of ServeRequests' handler, if one is
+// set; false otherwise (Accept takes r).
+func (l *AgentLink) dispatch(r *request) bool {
+	l.hmu.Lock()
+	h := l.handle
+	if h != nil {
+		l.handlers.Add(1)
+	}
+	l.hmu.Unlock()
+	if h == nil {
+		return false
+	}
+	go func() {
+		defer l.handlers.Done()
+		h(r)
+	}()
+	return true
+}
+
 // refuseBusy answers a dial beyond PendingDials without reading its
 // header (a flood must cost nothing but the answer) and closes the stream.
 // It runs on the accept loop: a session too slow to take the answer slows
@@ -188,13 +243,15 @@ func (l *AgentLink) request(st muxStream) {
 	_ = st.SetReadDeadline(time.Time{})
 	ctx, cancel := context.WithCancel(context.Background())
 	r := &request{c: c, address: address, ctx: ctx, cancel: cancel, watched: make(chan struct{}), pending: &l.pending}
-	select {
-	case l.reqs <- r:
-	case <-l.done():
-		l.pending.Add(-1)
-		cancel()
-		c.Close()
-		return
+	if !l.dispatch(r) {
+		select {
+		case l.reqs <- r:
+		case <-l.done():
+			l.pending.Add(-1)
+			cancel()
+			c.Close()
+			return
+		}
 	}
 	defer close(r.watched)
 	var b [1]byte
@@ -241,6 +298,9 @@ func (l *AgentLink) requestNow(st muxStream) bool {
 	r := &request{c: c, address: string(buf[3 : 3+n]), ctx: ctx, cancel: cancel, notify: pn, pending: &l.pending}
 	if !pn.NotifyReadable(cancel) {
 		cancel() // the server sent something already: it gave the dial up
+	}
+	if l.dispatch(r) {
+		return true
 	}
 	select {
 	case l.reqs <- r:

@@ -256,7 +256,12 @@ func startNotified(dst, src net.Conn, n *int64, end func(dst net.Conn, readErr, 
 			}
 		}
 	}
-	go c.loop()
+	// With nothing to read yet (a new connection's usual state), no
+	// goroutine until there is. Once asked to call back, c is not touched
+	// here: the callback may run at once.
+	if !c.rn.NotifyReadable(c.resume) {
+		go c.loop()
+	}
 	return c.done
 }
 
