@@ -168,14 +168,16 @@ func (s *Connect) handle(c net.Conn) {
 	}
 	// A tunneled connection that can tell when it has bytes (the native
 	// link over --native-mux=isthmus) and a socket client are spliced
-	// with no goroutine while idle.
+	// with no goroutine while idle. This goroutine copies the client's
+	// first bytes (they follow the answer at once) and ends when the
+	// client is idle.
 	if as, ok := splice.NewAsync(c, tc); ok {
 		if !s.closeWith(c, as.Close) {
 			as.Close() // Close has begun: c is not served
 			end()
 			return
 		}
-		as.Start(finished)
+		as.Run(finished)
 		return
 	}
 	// Otherwise the copy, which lasts the connection's whole life and

@@ -24,8 +24,10 @@ func pollable(c net.Conn) (syscall.RawConn, bool) {
 }
 
 // newPolled prepares copying the socket of rc to dst (see polled): start
-// starts it, kick is for closeBoth.
-func newPolled(src, dst net.Conn, rc syscall.RawConn, n *int64, end func(dst net.Conn, readErr, err error)) (start, kick func()) {
+// starts it (here: on the calling goroutine, until the copy ends or the
+// socket is idle long enough to wait in the epoll set), kick is for
+// closeBoth.
+func newPolled(src, dst net.Conn, rc syscall.RawConn, n *int64, end func(dst net.Conn, readErr, err error)) (start func(here bool), kick func()) {
 	d := &polled{dst: dst, n: n, end: end, sock: idle.NewSocket(src, rc)}
 	d.s = newSource(src, &d.b)
 	if tw, ok := dst.(TryWriter); ok {
@@ -33,8 +35,12 @@ func newPolled(src, dst net.Conn, rc syscall.RawConn, n *int64, end func(dst net
 		d.burstFD = d.burstRead
 	}
 	d.resume = func() { go d.loop() }
-	start = func() {
+	start = func(here bool) {
 		idle.Watch(d.sock)
+		if here {
+			d.loop()
+			return
+		}
 		d.resume()
 	}
 	return start, d.kick

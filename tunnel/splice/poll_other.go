@@ -13,6 +13,6 @@ import (
 func pollable(net.Conn) (syscall.RawConn, bool) { return nil, false }
 
 // newPolled is never reached where pollable declines every socket.
-func newPolled(net.Conn, net.Conn, syscall.RawConn, *int64, func(net.Conn, error, error)) (start, kick func()) {
+func newPolled(net.Conn, net.Conn, syscall.RawConn, *int64, func(net.Conn, error, error)) (start func(bool), kick func()) {
 	panic("splice: no epoll set on this system")
 }

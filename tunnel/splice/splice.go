@@ -88,7 +88,7 @@ type Async struct {
 	p                *pair
 	sock, stream     net.Conn
 	toSock, toStream *int64 // the counts of each direction
-	startPolled      func()
+	startPolled      func(here bool)
 	left             atomic.Int32 // directions still copying
 	done             func(Result)
 }
@@ -119,8 +119,20 @@ func NewAsync(a, b net.Conn) (s *Async, ok bool) {
 func (s *Async) Start(done func(Result)) {
 	s.done = done
 	s.left.Store(2)
-	s.startPolled()
+	s.startPolled(false)
 	startNotified(s.sock, s.stream, s.toSock, s.end)
+}
+
+// Run is Start, but the copy from the socket runs on the calling goroutine
+// for as long as it is busy: Run returns once that copy has ended or the
+// socket, idle, waits in the epoll set. A goroutine that would end after
+// Start saves starting another one, and the socket's first bytes the wake
+// of one.
+func (s *Async) Run(done func(Result)) {
+	s.done = done
+	s.left.Store(2)
+	startNotified(s.sock, s.stream, s.toSock, s.end)
+	s.startPolled(true)
 }
 
 // Close ends the splice: both connections are closed, and done follows

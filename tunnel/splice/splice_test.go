@@ -601,3 +601,53 @@ func TestAsyncBursts(t *testing.T) {
 		})
 	}
 }
+
+// Run copies from the socket on the calling goroutine while the socket is
+// busy, and returns once it idles in the epoll set; the splice goes on
+// from there as Start's does, to its end.
+func TestAsyncRunReturnsWhenIdle(t *testing.T) {
+	far, near := muxPair(t)
+	client, a := socketPair(t, "unix")
+	as, ok := NewAsync(a, near)
+	if !ok {
+		t.Fatal("NewAsync declined a Unix socket and a mux stream")
+	}
+	done := make(chan Result, 1)
+	ran := make(chan struct{})
+	// The client's first bytes are there before Run: it copies them.
+	if _, err := client.Write([]byte("first")); err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		defer close(ran)
+		as.Run(func(r Result) { done <- r })
+	}()
+	got := make([]byte, 5)
+	_ = far.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, err := io.ReadFull(far, got); err != nil || string(got) != "first" {
+		t.Fatalf("the stream read %q, %v; want the client's first bytes", got, err)
+	}
+	select {
+	case <-ran:
+	case <-time.After(10 * time.Second):
+		t.Fatal("Run did not return with the socket idle")
+	}
+	if idle.Waiting() != 1 {
+		t.Fatalf("%d sockets in the epoll set after Run returned; want 1", idle.Waiting())
+	}
+	echoThrough(t, client, far, 1<<20)
+	_ = far.Close()
+	_ = client.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if rest, err := io.ReadAll(client); err != nil || len(rest) != 0 {
+		t.Fatalf("client read %d bytes, %v after the stream's FIN; want EOF", len(rest), err)
+	}
+	select {
+	case res := <-done:
+		if want := int64(5 + 1<<20); res.AtoB != want || res.BtoA != 1<<20 {
+			t.Fatalf("result %+v, want %d bytes up and %d down", res, want, 1<<20)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("done not called after both directions ended")
+	}
+	client.Close()
+}

@@ -1217,3 +1217,46 @@ func TestOpenStreamWith(t *testing.T) {
 		}
 	})
 }
+
+// Every goroutine waiting in Read on one stream returns when the deadline
+// passes or the peer's FIN comes: what ends one Read ends them all, though
+// a wake-up wakes one.
+func TestManyReadersAllWoken(t *testing.T) {
+	forEach(t, defaults, func(t *testing.T, p *pair) {
+		for _, why := range []string{"deadline", "fin"} {
+			a, b := streamPair(t, p.client, p.server)
+			const readers = 8
+			done := make(chan error, readers)
+			for range readers {
+				go func() { _, err := b.Read(make([]byte, 16)); done <- err }()
+			}
+			if st, ok := b.(*Stream); ok { // ours: wait until all of them wait
+				waitFor(t, "every reader to wait", func() bool {
+					st.mu.Lock()
+					defer st.mu.Unlock()
+					return st.readers == readers
+				})
+			} else {
+				time.Sleep(50 * time.Millisecond)
+			}
+			switch why {
+			case "deadline":
+				_ = b.SetReadDeadline(time.Now().Add(5 * time.Millisecond)) // one timer, one wake-up
+			case "fin":
+				_ = a.Close()
+			}
+			for i := range readers {
+				select {
+				case err := <-done:
+					if why == "deadline" && !isTimeout(err) || why == "fin" && err != io.EOF {
+						t.Fatalf("%s: reader %d: %v", why, i, err)
+					}
+				case <-time.After(10 * time.Second):
+					t.Fatalf("%s: %d of %d readers still wait", why, readers-i, readers)
+				}
+			}
+			_ = a.Close()
+			_ = b.Close()
+		}
+	})
+}

@@ -74,7 +74,7 @@ func (st *Stream) Read(p []byte) (int, error) {
 	for {
 		if st.state == stateReset {
 			st.release()
-			st.mu.Unlock()
+			st.leaveRead()
 			return 0, ErrConnectionReset
 		}
 		if st.buffered() > 0 {
@@ -97,11 +97,11 @@ func (st *Stream) Read(p []byte) (int, error) {
 			return n, nil
 		}
 		if st.state == stateRemoteClose || st.state == stateClosed || st.s.IsClosed() {
-			st.mu.Unlock()
+			st.leaveRead()
 			return 0, io.EOF
 		}
 		if !st.rdl.IsZero() && !time.Now().Before(st.rdl) {
-			st.mu.Unlock()
+			st.leaveRead()
 			return 0, ErrTimeout
 		}
 		st.readers++
@@ -112,6 +112,17 @@ func (st *Stream) Read(p []byte) (int, error) {
 		}
 		st.mu.Lock()
 		st.readers--
+	}
+}
+
+// leaveRead unlocks st.mu for a Read that ends with no data (an end, a
+// reset, the deadline), passing the wake-up on: one wake-up wakes one of
+// the goroutines waiting in Read, and what ends this one ends them all.
+func (st *Stream) leaveRead() {
+	others := st.readers > 0
+	st.mu.Unlock()
+	if others {
+		notify(st.readCh)
 	}
 }
 
