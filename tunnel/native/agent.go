@@ -210,6 +210,20 @@ func (l *AgentLink) dispatch(r *request) bool {
 	return true
 }
 
+// handOver gives r to Accept; false if the link ended first (r is then
+// dropped: its stream closed, its count given back).
+func (l *AgentLink) handOver(r *request) bool {
+	select {
+	case l.reqs <- r:
+		return true
+	case <-l.done():
+		l.pending.Add(-1)
+		r.cancel()
+		r.c.Close()
+		return false
+	}
+}
+
 // refuseBusy answers a dial beyond PendingDials without reading its
 // header (a flood must cost nothing but the answer) and closes the stream.
 // It runs on the accept loop: a session too slow to take the answer slows
@@ -243,15 +257,8 @@ func (l *AgentLink) request(st muxStream) {
 	_ = st.SetReadDeadline(time.Time{})
 	ctx, cancel := context.WithCancel(context.Background())
 	r := &request{c: c, address: address, ctx: ctx, cancel: cancel, watched: make(chan struct{}), pending: &l.pending}
-	if !l.dispatch(r) {
-		select {
-		case l.reqs <- r:
-		case <-l.done():
-			l.pending.Add(-1)
-			cancel()
-			c.Close()
-			return
-		}
+	if !l.dispatch(r) && !l.handOver(r) {
+		return
 	}
 	defer close(r.watched)
 	var b [1]byte
@@ -308,13 +315,7 @@ func (l *AgentLink) requestNow(st muxStream) bool {
 		l.wg.Add(1)
 		go func() {
 			defer l.wg.Done()
-			select {
-			case l.reqs <- r:
-			case <-l.done():
-				l.pending.Add(-1)
-				cancel()
-				c.Close()
-			}
+			l.handOver(r)
 		}()
 	}
 	return true
