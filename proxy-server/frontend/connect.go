@@ -289,20 +289,8 @@ func watchHangup(c net.Conn, br *bufio.Reader, cancel context.CancelFunc) (stop 
 	// before the watcher does, and its wake-up deadline must not be
 	// overwritten, or Peek would block until the client gives up.
 	_ = c.SetReadDeadline(time.Time{})
-	var (
-		mu      sync.Mutex
-		stopped bool
-		started bool
-		done    = make(chan struct{})
-	)
+	done := make(chan struct{})
 	t := time.AfterFunc(hangupWatchDelay, func() {
-		mu.Lock()
-		if stopped {
-			mu.Unlock()
-			return
-		}
-		started = true
-		mu.Unlock()
 		defer close(done)
 		if _, err := br.Peek(1); err != nil {
 			var ne net.Error
@@ -315,15 +303,11 @@ func watchHangup(c net.Conn, br *bufio.Reader, cancel context.CancelFunc) (stop 
 		if t.Stop() {
 			return // the watch never started
 		}
-		mu.Lock()
-		stopped = true
-		watching := started
-		mu.Unlock()
-		if watching {
-			_ = c.SetReadDeadline(time.Unix(1, 0)) // wake the Peek
-			<-done
-			_ = c.SetReadDeadline(time.Time{})
-		}
+		// Started: a deadline in the past wakes the Peek, or makes it
+		// return at once if it has not begun.
+		_ = c.SetReadDeadline(time.Unix(1, 0))
+		<-done
+		_ = c.SetReadDeadline(time.Time{})
 	}
 }
 
