@@ -76,6 +76,10 @@ func BenchmarkAgents(b *testing.B) {
 	if out, err := exec.Command("go", "build", "-o", load, "isthmus.dev/integration/bench/agentload").CombinedOutput(); err != nil {
 		b.Fatalf("build agentload: %v\n%s", err, out)
 	}
+	cfg, err := benchConfig()
+	if err != nil {
+		b.Fatal(err)
+	}
 	pki := harness.NewPKI(b)
 	targets := []agentTarget{
 		{"isthmus, native link", harness.Isthmus, "native", ""},
@@ -86,6 +90,9 @@ func BenchmarkAgents(b *testing.B) {
 	var rows []agentRow
 	for _, n := range counts {
 		for _, tg := range targets {
+			if !cfg.wants(tg.name) && tg.impl != harness.Upstream {
+				continue // BENCH_PATHS; upstream's row stays, every ratio needs it
+			}
 			r := connectAgents(b, bins, pki, load, tg, n)
 			rows = append(rows, r)
 			if r.err != nil {

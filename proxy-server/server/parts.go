@@ -26,6 +26,17 @@ import (
 // default would break large writes.
 const frontendMaxMsg = 32 << 20
 
+// frontendWindow is the gRPC frontend's receive window, per stream and per
+// connection: fixed, so that grpc-go does not size it by pinging. Its
+// dynamic window pings the client at the first DATA after each answered
+// ping, which for request/response traffic is nearly every message: a
+// PING, its ACK and a WINDOW_UPDATE more on the wire, and a system call
+// more on each side. The client is on this machine or near it, so 1 MiB
+// is many round trips' worth (grpc-go's dynamic window starts at 64 KiB
+// and may grow to 16 MiB); a backend that stops reading holds up at most
+// this much of one stream in the server.
+const frontendWindow = 1 << 20
+
 // parts are the servers Run starts on its listeners.
 type parts struct {
 	agentGRPC    *grpc.Server
@@ -98,6 +109,8 @@ func (s *Server) build() (*parts, error) {
 			grpc.KeepaliveParams(keepalive.ServerParameters{Time: c.FrontendKeepaliveTime}),
 			grpc.StreamInterceptor(s.metrics.countStreams),
 			grpc.ForceServerCodecV2(anp.Codec()), // DATA packets without reflection
+			grpc.StaticStreamWindowSize(frontendWindow),
+			grpc.StaticConnWindowSize(frontendWindow),
 		}
 		if frontendCreds == nil {
 			frontendCreds = frontend.UnixPeerCreds() // the client is the peer process
