@@ -140,6 +140,20 @@ func connectANPAgent(t *testing.T, s *Server, b *certs.Bundle, id string) {
 	}
 }
 
+// withANPAgent runs a server of testConfig (gRPC frontend) with one
+// ANP-link agent, and an echo backend, until the test ends.
+func withANPAgent(t *testing.T) (cfg Config, s *Server, backend string) {
+	t.Helper()
+	cfg, b := testConfig(t)
+	s, err := New(cfg, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	start(t, s)
+	connectANPAgent(t, s, b, "agent-1")
+	return cfg, s, echoBackend(t)
+}
+
 func echoBackend(t *testing.T) string {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
@@ -200,14 +214,7 @@ func metricValue(m *dto.Metric) float64 {
 // TestTrafficIsMeasuredWithANPNames: one dial through the gRPC frontend and
 // an ANP-link agent shows in ANP's metrics, on every segment.
 func TestTrafficIsMeasuredWithANPNames(t *testing.T) {
-	cfg, b := testConfig(t)
-	s, err := New(cfg, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	start(t, s)
-	connectANPAgent(t, s, b, "agent-1")
-	backend := echoBackend(t)
+	cfg, s, backend := withANPAgent(t)
 
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()

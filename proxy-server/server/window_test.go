@@ -130,17 +130,10 @@ func (h *h2Client) recv() *client.Packet {
 // round trips. grpc-go's dynamic window would ping the client at the first
 // DATA after each answered ping: every round trip here.
 func TestGRPCFrontendWindowIsFixed(t *testing.T) {
-	cfg, b := testConfig(t)
+	cfg, _, backend := withANPAgent(t)
 	if cfg.Mode != ModeGRPC {
 		t.Fatalf("the test config's frontend is %v, want gRPC", cfg.Mode)
 	}
-	s, err := New(cfg, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	start(t, s)
-	connectANPAgent(t, s, b, "agent-1")
-	backend := echoBackend(t)
 
 	h, win := dialH2(t, cfg.UDSName)
 	if win.Val != frontendWindow {
