@@ -43,7 +43,15 @@ func (cw countingWriter) Write(b []byte) (int, error) {
 	return n, err
 }
 
-// waitStalled waits until f's count has not moved for a second (the
+// stallQuiet is how long the flood's count must stand still to be taken
+// as stalled. A second was not enough on a loaded 2-core machine (four
+// kube-apiservers and their tunnels in parallel, beside other packages'
+// tests): the flood paused for over a second at 14 MiB, the probes ran,
+// and meanwhile it took 10 MiB more, so the probes had not run against a
+// full stream.
+const stallQuiet = 3 * time.Second
+
+// waitStalled waits until f's count has not moved for stallQuiet (the
 // stream is full from the flood to the port-forward's client, which does
 // not read) and returns it; at most d.
 func (f *flood) waitStalled(ctx context.Context, d time.Duration) (int64, error) {
@@ -57,7 +65,7 @@ func (f *flood) waitStalled(ctx context.Context, d time.Duration) (int64, error)
 		}
 		if n := f.written.Load(); n != last {
 			last, since = n, time.Now()
-		} else if n > 0 && time.Since(since) >= time.Second {
+		} else if n > 0 && time.Since(since) >= stallQuiet {
 			return n, nil
 		}
 	}
