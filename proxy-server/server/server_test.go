@@ -33,7 +33,9 @@ import (
 
 	"isthmus.dev/certs"
 	"isthmus.dev/tunnel/anp"
+	"isthmus.dev/tunnel/link"
 	"isthmus.dev/tunnel/link/linktest"
+	"isthmus.dev/tunnel/native"
 )
 
 func freePort(t *testing.T) int {
@@ -91,9 +93,9 @@ func start(t *testing.T, s *Server) (stop func() error) {
 	return stop
 }
 
-// connectANPAgent connects an ANP-link agent that dials what the server
-// asks for, until the test ends.
-func connectANPAgent(t *testing.T, s *Server, b *certs.Bundle, id string) {
+// agentTLS is the client side of the agent port's TLS, with b's agent
+// certificate.
+func agentTLS(t *testing.T, b *certs.Bundle) *tls.Config {
 	t.Helper()
 	pair, err := tls.LoadX509KeyPair(b.AgentCert, b.AgentKey)
 	if err != nil {
@@ -105,8 +107,43 @@ func connectANPAgent(t *testing.T, s *Server, b *certs.Bundle, id string) {
 	}
 	pool := x509.NewCertPool()
 	pool.AppendCertsFromPEM(caPEM)
-	cc, err := grpc.NewClient(s.Addrs().Agent.String(), grpc.WithTransportCredentials(credentials.NewTLS(
-		&tls.Config{Certificates: []tls.Certificate{pair}, RootCAs: pool, ServerName: "localhost", MinVersion: tls.VersionTLS12})))
+	return &tls.Config{Certificates: []tls.Certificate{pair}, RootCAs: pool, ServerName: "localhost", MinVersion: tls.VersionTLS12}
+}
+
+// agentLink is an agent's end of either link.
+type agentLink interface {
+	link.Acceptor
+	Run(ctx context.Context) error
+}
+
+// serveAgentLink runs l, dialing what the server asks for, until the test
+// ends (then cancel, and closer), and waits until s has the agent.
+func serveAgentLink(t *testing.T, s *Server, ctx context.Context, cancel context.CancelFunc, l agentLink, closer io.Closer) {
+	t.Helper()
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		go linktest.Serve(ctx, l, func(ctx context.Context, address string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "tcp", address)
+		})
+		_ = l.Run(ctx)
+	}()
+	t.Cleanup(func() { cancel(); <-done; _ = closer.Close() })
+	deadline := time.Now().Add(10 * time.Second)
+	for len(s.Agents()) == 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("agent not registered")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// connectANPAgent connects an ANP-link agent that dials what the server
+// asks for, until the test ends.
+func connectANPAgent(t *testing.T, s *Server, b *certs.Bundle, id string) {
+	t.Helper()
+	cc, err := grpc.NewClient(s.Addrs().Agent.String(), grpc.WithTransportCredentials(credentials.NewTLS(agentTLS(t, b))))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -120,29 +157,34 @@ func connectANPAgent(t *testing.T, s *Server, b *certs.Bundle, id string) {
 		_ = cc.Close()
 		t.Fatal(err)
 	}
-	l := anp.NewAgentLink(stream, anp.AgentOptions{})
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		go linktest.Serve(ctx, l, func(ctx context.Context, address string) (net.Conn, error) {
-			var d net.Dialer
-			return d.DialContext(ctx, "tcp", address)
-		})
-		_ = l.Run(ctx)
-	}()
-	t.Cleanup(func() { cancel(); <-done; _ = cc.Close() })
-	deadline := time.Now().Add(10 * time.Second)
-	for len(s.Agents()) == 0 {
-		if time.Now().After(deadline) {
-			t.Fatal("agent not registered")
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	serveAgentLink(t, s, ctx, cancel, anp.NewAgentLink(stream, anp.AgentOptions{}), cc)
 }
 
-// withANPAgent runs a server of testConfig (gRPC frontend) with one
-// ANP-link agent, and an echo backend, until the test ends.
-func withANPAgent(t *testing.T) (cfg Config, s *Server, backend string) {
+// connectNativeAgent connects a native-link agent that dials what the
+// server asks for, until the test ends.
+func connectNativeAgent(t *testing.T, s *Server, b *certs.Bundle, id string) {
+	t.Helper()
+	tc := agentTLS(t, b)
+	tc.NextProtos = []string{native.ALPN}
+	ctx, cancel := context.WithCancel(context.Background())
+	conn, err := (&tls.Dialer{Config: tc}).DialContext(ctx, "tcp", s.Addrs().Agent.String())
+	if err != nil {
+		cancel()
+		t.Fatal(err)
+	}
+	l, _, err := native.Connect(ctx, conn, native.Hello{AgentID: id}, native.AgentOptions{})
+	if err != nil {
+		cancel()
+		_ = conn.Close()
+		t.Fatal(err)
+	}
+	serveAgentLink(t, s, ctx, cancel, l, conn)
+}
+
+// withAgent runs a server of testConfig (gRPC frontend) with one agent on
+// the link named ("anp" or "native"), and an echo backend, until the test
+// ends.
+func withAgent(t *testing.T, linkName string) (cfg Config, s *Server, backend string) {
 	t.Helper()
 	cfg, b := testConfig(t)
 	s, err := New(cfg, nil)
@@ -150,7 +192,11 @@ func withANPAgent(t *testing.T) (cfg Config, s *Server, backend string) {
 		t.Fatal(err)
 	}
 	start(t, s)
-	connectANPAgent(t, s, b, "agent-1")
+	if linkName == "native" {
+		connectNativeAgent(t, s, b, "agent-1")
+	} else {
+		connectANPAgent(t, s, b, "agent-1")
+	}
 	return cfg, s, echoBackend(t)
 }
 
@@ -214,7 +260,7 @@ func metricValue(m *dto.Metric) float64 {
 // TestTrafficIsMeasuredWithANPNames: one dial through the gRPC frontend and
 // an ANP-link agent shows in ANP's metrics, on every segment.
 func TestTrafficIsMeasuredWithANPNames(t *testing.T) {
-	cfg, s, backend := withANPAgent(t)
+	cfg, s, backend := withAgent(t, "anp")
 
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()

@@ -127,10 +127,16 @@ func (h *h2Client) recv() *client.Packet {
 
 // TestGRPCFrontendWindowIsFixed: the gRPC frontend announces a fixed
 // receive window and sends no PING while a connection does request/response
-// round trips. grpc-go's dynamic window would ping the client at the first
-// DATA after each answered ping: every round trip here.
+// round trips, over either link. grpc-go's dynamic window would ping the
+// client at the first DATA after each answered ping: every round trip here.
 func TestGRPCFrontendWindowIsFixed(t *testing.T) {
-	cfg, _, backend := withANPAgent(t)
+	for _, linkName := range []string{"native", "anp"} {
+		t.Run(linkName, func(t *testing.T) { frontendWindowIsFixed(t, linkName) })
+	}
+}
+
+func frontendWindowIsFixed(t *testing.T, linkName string) {
+	cfg, _, backend := withAgent(t, linkName)
 	if cfg.Mode != ModeGRPC {
 		t.Fatalf("the test config's frontend is %v, want gRPC", cfg.Mode)
 	}
