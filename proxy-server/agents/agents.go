@@ -152,10 +152,11 @@ func (s *Server) serve(ctx context.Context, b *routing.Backend, run func(context
 	s.down(b, run(ctx))
 }
 
-// up makes b routable, and counts its link.
+// up counts b's link, and makes b routable: counted first, so that an
+// agent that can be routed to is always in agent_links.
 func (s *Server) up(b *routing.Backend) {
-	s.Registry.Add(b)
 	s.Metrics.linkUp(b.Kind)
+	s.Registry.Add(b)
 }
 
 // down says why b's link ended, and takes b out of routing.
