@@ -435,10 +435,11 @@ func ServeOnWorker(t testing.TB, w *harness.Worker, port int, kp *harness.KubePK
 	}
 	pool := x509.NewCertPool()
 	pool.AppendCertsFromPEM(caPEM)
-	l, err := w.Listen("tcp", net.JoinHostPort(w.NodeAddr.String(), strconv.Itoa(port)))
+	tl, err := w.Listen("tcp", net.JoinHostPort(w.NodeAddr.String(), strconv.Itoa(port)))
 	if err != nil {
 		t.Fatalf("kubelet stand-in: %v", err)
 	}
+	l := &lingerListener{Listener: tl}
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", func(rw http.ResponseWriter, r *http.Request) { fmt.Fprint(rw, health) })
 	mux.Handle("/", k)
@@ -458,5 +459,6 @@ func ServeOnWorker(t testing.TB, w *harness.Worker, port int, kp *harness.KubePK
 		if err := <-done; err != nil && !errors.Is(err, http.ErrServerClosed) {
 			t.Errorf("kubelet stand-in: %v", err)
 		}
+		l.stop()
 	})
 }
